@@ -1,0 +1,296 @@
+"""The task catalogue: scenes, goals, seeded initial-state layouts.
+
+Three LIBERO-like families, each with seen (``train``) and held-out tasks:
+
+* **spatial** -- the same objects (two identical red bowls, a plate, a mug, a
+  cookie box); the bowl to move is named by its relation to the others. Each
+  task is a layout template that makes its relation true; unseen tasks use new
+  relation/anchor compositions (``unseen_spatial``).
+* **object** -- a basket and four groceries; the instruction names which one
+  goes into the basket. Unseen tasks target new objects in new colours
+  (``unseen_object``).
+* **goal** -- one scene (bowl, plate, mug, basket), different goals; unseen
+  tasks recombine seen verbs and objects (``unseen_goal``).
+
+Initial state ``k`` of a task is drawn from ``numpy.random.default_rng((crc32(name), k))``,
+so it is the same in every process and never depends on the call order.
+Everything here is plain frozen data, so a suite pickles into worker processes.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..base import TRAIN_SPLIT, TaskSpec
+from .scene import BASKET_INNER, BASKET_WALL, HAND_START_Z, ObjectKind, SceneObject
+
+#: an object's centre must end below this y for "push ... to the front"
+FRONT_Y = -0.12
+#: an object's bottom must rise above this z for "pick up ..."
+LIFT_HEIGHT = 0.08
+#: step limits (simulator control steps, 50 Hz); ~2x the scripted expert's longest episodes
+MAX_STEPS = {"place_on": 220, "place_in": 220, "push_front": 120, "lift": 100}
+
+# -- object kinds ----------------------------------------------------------
+RED_BOWL = ObjectKind("red bowl", "bowl", (0.035, 0.035, 0.022), (0.85, 0.14, 0.12, 1))
+BLUE_BOWL = ObjectKind("bowl", "bowl", (0.035, 0.035, 0.022), (0.2, 0.4, 0.88, 1))
+PLATE = ObjectKind("plate", "plate", (0.065, 0.065, 0.008), (0.95, 0.95, 0.9, 1), graspable=False, mass=0.3)
+MUG = ObjectKind("mug", "mug", (0.031, 0.031, 0.036), (0.2, 0.62, 0.32, 1))
+COOKIE_BOX = ObjectKind("cookie box", "box", (0.034, 0.025, 0.03), (0.62, 0.36, 0.72, 1))
+BASKET = ObjectKind("basket", "basket", (0.085, 0.085, 0.025), (0.72, 0.52, 0.28, 1), graspable=False)
+
+SEEN_GROCERIES = (
+    ObjectKind("cream cheese", "box", (0.03, 0.022, 0.018), (0.58, 0.78, 0.97, 1)),
+    ObjectKind("ketchup", "bottle", (0.024, 0.024, 0.042), (0.86, 0.1, 0.08, 1)),
+    ObjectKind("milk", "carton", (0.026, 0.026, 0.048), (0.97, 0.97, 0.97, 1)),
+    ObjectKind("butter", "box", (0.032, 0.02, 0.014), (0.98, 0.86, 0.22, 1)),
+    ObjectKind("orange juice", "carton", (0.026, 0.026, 0.044), (1.0, 0.55, 0.08, 1)),
+    ObjectKind("salad dressing", "bottle", (0.022, 0.022, 0.042), (0.45, 0.75, 0.2, 1)),
+)
+UNSEEN_GROCERIES = (
+    ObjectKind("chocolate pudding", "box", (0.03, 0.024, 0.02), (0.4, 0.22, 0.1, 1)),
+    ObjectKind("alphabet soup", "can", (0.03, 0.03, 0.034), (0.1, 0.66, 0.66, 1)),
+    ObjectKind("grape juice", "carton", (0.026, 0.026, 0.044), (0.5, 0.18, 0.66, 1)),
+)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What must become true: ``verb`` applied to object ``obj`` (and ``target``).
+
+    Verbs: ``place_on`` (obj resting on target), ``place_in`` (obj inside the
+    target basket), ``push_front`` (obj centre pushed past :data:`FRONT_Y`),
+    ``lift`` (obj bottom above :data:`LIFT_HEIGHT`).
+    """
+
+    verb: str
+    obj: str
+    target: str | None = None
+
+
+# -- layouts ---------------------------------------------------------------
+def _yaw(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.uniform(-0.25, 0.25, n)
+
+
+def _hand(rng: np.random.Generator) -> tuple[float, float, float]:
+    # the hand starts behind the objects, so that it hides none of them from the camera
+    x, y = rng.uniform(-0.03, 0.03), rng.uniform(0.19, 0.22)
+    return (float(x), float(y), float(HAND_START_Z + rng.uniform(-0.02, 0.02)))
+
+
+@dataclass(frozen=True)
+class AnchoredLayout:
+    """Objects jittered around anchor points; optional left-right mirroring.
+
+    The anchors make the task's spatial relation true; jitter and a global
+    shift keep it true while varying the scene. Mirroring is allowed when the
+    relation has no left/right in it.
+    """
+
+    anchors: tuple[tuple[str, float, float], ...]
+    mirror: bool = True
+    jitter: float = 0.012
+    shift: float = 0.025
+
+    def sample(self, rng: np.random.Generator) -> dict[str, tuple[float, ...]]:
+        sign = -1.0 if (self.mirror and rng.random() < 0.5) else 1.0
+        dx, dy = rng.uniform(-self.shift, self.shift, 2)
+        yaw = _yaw(rng, len(self.anchors))
+        out: dict[str, tuple[float, ...]] = {}
+        for (key, x, y), a in zip(self.anchors, yaw, strict=True):
+            jx, jy = rng.uniform(-self.jitter, self.jitter, 2)
+            out[key] = (sign * x + dx + jx, y + dy + jy, float(a))
+        out["hand"] = _hand(rng)
+        return out
+
+
+@dataclass(frozen=True)
+class ScatterLayout:
+    """A basket on a random side, the other objects scattered with spacing.
+
+    Rejection sampling keeps every pair at least ``gap`` apart beyond their
+    footprints, far enough for open fingers to come down beside any object.
+    """
+
+    basket: str
+    items: tuple[tuple[str, float], ...]  # (key, footprint radius)
+    gap: float = 0.05
+
+    def sample(self, rng: np.random.Generator) -> dict[str, tuple[float, ...]]:
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        basket_r = BASKET_INNER + 2 * BASKET_WALL
+        placed = [(side * rng.uniform(0.17, 0.2), rng.uniform(0.0, 0.09), basket_r)]
+        out: dict[str, tuple[float, ...]] = {self.basket: (placed[0][0], placed[0][1], 0.0)}
+        for key, radius in self.items:
+            for _ in range(1000):
+                x, y = rng.uniform(-0.25, 0.25), rng.uniform(-0.16, 0.13)
+                if all(np.hypot(x - px, y - py) >= radius + pr + self.gap for px, py, pr in placed):
+                    break
+            else:  # pragma: no cover - the region is far from full
+                raise RuntimeError(f"could not place {key!r} without overlap")
+            placed.append((x, y, radius))
+            out[key] = (float(x), float(y), float(_yaw(rng, 1)[0]))
+        out["hand"] = _hand(rng)
+        return out
+
+
+@dataclass(frozen=True)
+class LaneLayout:
+    """The goal scene: a basket at one side, three objects shuffled over three lanes.
+
+    One object per lane leaves the space behind each object free, so it can be
+    pushed to the front, and keeps the front strip (y < -0.06) empty.
+    """
+
+    basket: str
+    items: tuple[str, str, str]
+
+    def sample(self, rng: np.random.Generator) -> dict[str, tuple[float, ...]]:
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        out: dict[str, tuple[float, ...]] = {
+            self.basket: (side * rng.uniform(0.205, 0.215), rng.uniform(0.02, 0.08), 0.0)
+        }
+        lanes = (-side * 0.235, -side * 0.1, side * 0.035)
+        order = rng.permutation(3)
+        yaw = _yaw(rng, 3)
+        for lane, i in zip(lanes, order, strict=True):
+            x = lane + rng.uniform(-0.006, 0.006)
+            out[self.items[i]] = (float(x), float(rng.uniform(-0.04, 0.07)), float(yaw[i]))
+        out["hand"] = _hand(rng)
+        return out
+
+
+Layout = AnchoredLayout | ScatterLayout | LaneLayout
+
+
+@dataclass(frozen=True)
+class TabletopTask:
+    """A task: its public :class:`TaskSpec`, scene objects, goal and layout sampler."""
+
+    spec: TaskSpec
+    objects: tuple[SceneObject, ...]
+    goal: Goal
+    layout: Layout
+
+    def kind(self, key: str) -> ObjectKind:
+        for obj in self.objects:
+            if obj.key == key:
+                return obj.kind
+        raise KeyError(f"task {self.spec.name!r} has no object {key!r}")
+
+    def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
+        """The layout of initial state ``init_state_id`` (pure function of name and id)."""
+        if not 0 <= init_state_id < self.spec.num_init_states:
+            raise ValueError(
+                f"init_state_id {init_state_id} is out of range for task {self.spec.name!r}; "
+                f"expected 0 <= id < {self.spec.num_init_states}"
+            )
+        seed = zlib.crc32(self.spec.name.encode())
+        return self.layout.sample(np.random.default_rng((seed, int(init_state_id))))
+
+
+# -- the catalogue ---------------------------------------------------------
+def _spec(name: str, instruction: str, split: str, goal: Goal, n: int) -> TaskSpec:
+    family = name.split("/")[0]
+    return TaskSpec(name, instruction, split, family, MAX_STEPS[goal.verb], n)
+
+
+_SPATIAL_OBJECTS = (
+    SceneObject("bowl_a", RED_BOWL), SceneObject("bowl_b", RED_BOWL), SceneObject("plate", PLATE),
+    SceneObject("mug", MUG), SceneObject("cookie_box", COOKIE_BOX),
+)
+# (name, relation phrase, split, mirror?, anchors of bowl_a (target), bowl_b, plate, mug, cookie_box)
+_SPATIAL = (
+    ("between_plate_mug", "between the plate and the mug", TRAIN_SPLIT, True,
+     (0.0, 0.04), (0.05, -0.13), (-0.17, 0.04), (0.165, 0.04), (-0.16, -0.13)),
+    ("next_to_cookie_box", "next to the cookie box", TRAIN_SPLIT, True,
+     (0.04, -0.1), (-0.2, -0.11), (-0.14, 0.07), (0.1, 0.12), (0.18, -0.1)),
+    ("in_front_of_mug", "in front of the mug", TRAIN_SPLIT, True,
+     (0.1, -0.02), (-0.06, 0.12), (-0.16, -0.04), (0.1, 0.12), (-0.22, 0.12)),
+    ("behind_plate", "behind the plate", TRAIN_SPLIT, True,
+     (0.0, 0.06), (0.19, -0.08), (0.0, -0.1), (-0.17, 0.07), (-0.17, -0.12)),
+    ("left_side", "on the left side of the table", TRAIN_SPLIT, False,
+     (-0.22, 0.0), (0.22, 0.0), (0.0, -0.09), (0.0, 0.1), (0.14, -0.15)),
+    ("next_to_plate", "next to the plate", TRAIN_SPLIT, True,
+     (0.02, 0.03), (0.2, -0.11), (-0.13, 0.03), (0.18, 0.11), (-0.15, -0.13)),
+    ("between_cookie_box_mug", "between the cookie box and the mug", "unseen_spatial", True,
+     (0.0, 0.05), (-0.17, -0.12), (0.02, -0.12), (0.165, 0.05), (-0.165, 0.05)),
+    ("behind_mug", "behind the mug", "unseen_spatial", True,
+     (0.0, 0.07), (0.19, -0.07), (-0.17, 0.05), (0.0, -0.08), (0.17, 0.12)),
+    ("right_side", "on the right side of the table", "unseen_spatial", False,
+     (0.22, 0.0), (-0.22, 0.0), (0.0, 0.09), (0.0, -0.1), (-0.14, -0.15)),
+)
+
+
+def spatial_tasks(n: int) -> list[TabletopTask]:
+    """Spatial family: pick the red bowl named by a relation, place it on the plate."""
+    goal = Goal("place_on", "bowl_a", "plate")
+    keys = [o.key for o in _SPATIAL_OBJECTS]
+    out = []
+    for name, rel, split, mirror, *anchors in _SPATIAL:
+        layout = AnchoredLayout(tuple((k, x, y) for k, (x, y) in zip(keys, anchors, strict=True)), mirror=mirror)
+        text = f"pick up the red bowl {rel} and place it on the plate"
+        out.append(TabletopTask(_spec(f"spatial/{name}", text, split, goal, n), _SPATIAL_OBJECTS, goal, layout))
+    return out
+
+
+def _object_task(target: ObjectKind, distractors: tuple[ObjectKind, ...], split: str, n: int) -> TabletopTask:
+    objects = (SceneObject("basket", BASKET), SceneObject("target", target)) + tuple(
+        SceneObject(f"distractor_{i}", k) for i, k in enumerate(distractors)
+    )
+    layout = ScatterLayout("basket", tuple((o.key, o.kind.footprint) for o in objects[1:]))
+    goal = Goal("place_in", "target", "basket")
+    name = "object/" + target.name.replace(" ", "_")
+    text = f"put the {target.name} in the basket"
+    return TabletopTask(_spec(name, text, split, goal, n), objects, goal, layout)
+
+
+def object_tasks(n: int) -> list[TabletopTask]:
+    """Object family: which grocery goes into the basket (3 seen distractors each)."""
+    seen = SEEN_GROCERIES
+    out = [
+        _object_task(k, tuple(seen[(i + j) % len(seen)] for j in (1, 2, 3)), TRAIN_SPLIT, n)
+        for i, k in enumerate(seen)
+    ]
+    picks = ((0, 2, 4), (1, 3, 5), (0, 3, 5))
+    out += [
+        _object_task(k, tuple(seen[j] for j in p), "unseen_object", n)
+        for k, p in zip(UNSEEN_GROCERIES, picks, strict=True)
+    ]
+    return out
+
+
+_GOAL_OBJECTS = (
+    SceneObject("basket", BASKET), SceneObject("bowl", BLUE_BOWL), SceneObject("plate", PLATE),
+    SceneObject("mug", MUG),
+)
+_GOALS = (
+    ("bowl_on_plate", "put the bowl on the plate", TRAIN_SPLIT, Goal("place_on", "bowl", "plate")),
+    ("push_plate_front", "push the plate to the front", TRAIN_SPLIT, Goal("push_front", "plate")),
+    ("mug_in_basket", "put the mug in the basket", TRAIN_SPLIT, Goal("place_in", "mug", "basket")),
+    ("bowl_in_basket", "put the bowl in the basket", TRAIN_SPLIT, Goal("place_in", "bowl", "basket")),
+    ("mug_on_plate", "put the mug on the plate", TRAIN_SPLIT, Goal("place_on", "mug", "plate")),
+    ("lift_mug", "pick up the mug", TRAIN_SPLIT, Goal("lift", "mug")),
+    ("push_bowl_front", "push the bowl to the front", "unseen_goal", Goal("push_front", "bowl")),
+    ("lift_bowl", "pick up the bowl", "unseen_goal", Goal("lift", "bowl")),
+    ("push_mug_front", "push the mug to the front", "unseen_goal", Goal("push_front", "mug")),
+)
+
+
+def goal_tasks(n: int) -> list[TabletopTask]:
+    """Goal family: one scene, different goals."""
+    layout = LaneLayout("basket", ("bowl", "plate", "mug"))
+    return [
+        TabletopTask(_spec(f"goal/{name}", text, split, goal, n), _GOAL_OBJECTS, goal, layout)
+        for name, text, split, goal in _GOALS
+    ]
+
+
+def build_catalogue(num_init_states: int = 50) -> list[TabletopTask]:
+    """All tasks in ``task_index`` order: seen tasks of each family first, then unseen splits."""
+    tasks = spatial_tasks(num_init_states) + object_tasks(num_init_states) + goal_tasks(num_init_states)
+    seen = [t for t in tasks if t.spec.split == TRAIN_SPLIT]
+    return seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT]
