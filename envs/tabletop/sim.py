@@ -1,0 +1,225 @@
+"""Physics of one sub-environment: a servoed hand, two fingers, a grasp, success.
+
+The hand rides three slide joints (x, y, z; no rotation) under stiff position
++ velocity servos, and its two fingers are slide joints driven by position
+actuators, so the hand pushes objects and the fingers stop on contact. A
+control step moves the hand target by at most :data:`MAX_DELTA` per axis from
+where the hand is, interpolated over :data:`SUBSTEPS` physics steps.
+
+**Grasp (documented simplification).** Friction grasps with a kinematic hand
+are fiddly, so when the gripper is commanded closed and *both* fingers touch
+the same graspable object (read from MuJoCo's contact list), the object is
+attached: every physics substep its free joint follows the hand at the
+offset it had when grasped, with the hand's velocity. Opening the gripper
+releases it (it keeps the hand's velocity and falls). Everything else --
+fingers closing, objects resting, pushing, falling into a basket -- is plain
+simulation, and success is computed from the simulated state.
+"""
+from __future__ import annotations
+
+import copy
+
+import mujoco
+import numpy as np
+
+from .scene import BASKET_INNER, BASKET_WALL, FINGER_CLOSED, TIMESTEP
+from .tasks import FRONT_Y, LIFT_HEIGHT, TabletopTask
+
+SUBSTEPS = 2
+#: hand displacement per control step at |action| = 1 (metres, per axis)
+MAX_DELTA = 0.012
+#: reachable box of the tool centre point (between the finger tips)
+WORKSPACE_LO = np.array([-0.3, -0.24, 0.004])
+WORKSPACE_HI = np.array([0.3, 0.24, 0.3])
+STATE_DIM = 8
+
+
+class TabletopSim:
+    """One task's MuJoCo model and data, stepped one control step at a time.
+
+    Args:
+        task: the task this simulator runs.
+        model: the compiled model of the task's scene (shared read-only).
+    """
+
+    def __init__(self, task: TabletopTask, model: mujoco.MjModel) -> None:
+        self.task = task
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self._qadr: dict[str, int] = {}
+        self._dadr: dict[str, int] = {}
+        self._mocap: dict[str, int] = {}
+        self._key_of_body: dict[int, str] = {}
+        for obj in task.objects:
+            body = model.body(obj.key)
+            if obj.kind.shape == "basket":
+                self._mocap[obj.key] = int(body.mocapid[0])
+                continue
+            joint = model.joint(obj.key)
+            self._qadr[obj.key] = int(joint.qposadr[0])
+            self._dadr[obj.key] = int(joint.dofadr[0])
+            if obj.kind.graspable:
+                self._key_of_body[int(body.id)] = obj.key
+        self._hand_q = int(model.joint("hand_x").qposadr[0])  # hand_x, hand_y, hand_z are consecutive
+        self._hand_v = int(model.joint("hand_x").dofadr[0])
+        #: camera ids: (agent view, wrist)
+        self.cameras = (int(model.camera("agentview").id), int(model.camera("wrist").id))
+        self._fingers = (int(model.body("finger_l").id), int(model.body("finger_r").id))
+        self._finger_q = (int(model.joint("finger_l").qposadr[0]), int(model.joint("finger_r").qposadr[0]))
+        self.attached: str | None = None
+        self._offset = np.zeros(3)
+        self._quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self.steps = 0
+
+    # -- state -----------------------------------------------------------
+    def reset(self, init_state_id: int) -> None:
+        """Put the scene in the task's initial state ``init_state_id``."""
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        layout = self.task.init_layout(init_state_id)
+        for obj in self.task.objects:
+            x, y, yaw = layout[obj.key]
+            if obj.key in self._mocap:
+                d.mocap_pos[self._mocap[obj.key]] = (x, y, 0.0)
+                continue
+            adr = self._qadr[obj.key]
+            # resting exactly on the table: nothing needs to settle
+            d.qpos[adr : adr + 7] = (x, y, obj.kind.collision_half[2], np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+        d.qpos[self._hand_q : self._hand_q + 3] = layout["hand"]
+        d.ctrl[:3] = layout["hand"]
+        self.attached = None
+        self.steps = 0
+        mujoco.mj_forward(m, d)
+
+    def clone(self) -> TabletopSim:
+        """An independent copy (own ``MjData``) for look-ahead, e.g. by the expert."""
+        other = copy.copy(self)
+        other.data = copy.copy(self.data)
+        other._offset = self._offset.copy()
+        other._quat = self._quat.copy()
+        return other
+
+    @property
+    def tcp(self) -> np.ndarray:
+        """Tool centre point: between the finger tips (world frame)."""
+        return self.data.qpos[self._hand_q : self._hand_q + 3].copy()
+
+    def pos(self, key: str) -> np.ndarray:
+        """Centre of an object (world frame)."""
+        if key in self._mocap:
+            return self.data.mocap_pos[self._mocap[key]].copy()
+        adr = self._qadr[key]
+        return self.data.qpos[adr : adr + 3].copy()
+
+    def extent(self, key: str) -> np.ndarray:
+        """World-axis-aligned half extents of an object's (possibly rotated) collision box."""
+        kind = self.task.kind(key)
+        half = np.array(kind.collision_half)
+        if kind.round:
+            return half  # an octagon is near round: rotation barely changes it
+        rot = self.data.xmat[self.model.body(key).id].reshape(3, 3)
+        return np.abs(rot) @ half
+
+    def bottom(self, key: str) -> float:
+        return float(self.pos(key)[2] - self.task.kind(key).collision_half[2])
+
+    def top(self, key: str) -> float:
+        return float(self.pos(key)[2] + self.task.kind(key).collision_half[2])
+
+    @property
+    def finger_q(self) -> np.ndarray:
+        """Closing of each finger, 0 (open) to ``FINGER_CLOSED``."""
+        return self.data.qpos[list(self._finger_q)].copy()
+
+    def proprio(self) -> np.ndarray:
+        """LIBERO-shaped proprio state: tcp xyz, orientation (locked: zeros), finger qpos x2."""
+        out = np.zeros(STATE_DIM, dtype=np.float32)
+        out[:3] = self.tcp
+        out[6:] = self.finger_q
+        return out
+
+    # -- dynamics --------------------------------------------------------
+    def step(self, action: np.ndarray) -> None:
+        """One control step: move the hand by ``action[:3] * MAX_DELTA``, gripper by ``action[6]``.
+
+        ``action[3:6]`` (rotation) is accepted and ignored: the hand keeps a
+        fixed, top-down orientation. ``action[6] > 0`` closes the gripper.
+        """
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        start = self.tcp
+        target = np.clip(start + a[:3] * MAX_DELTA, WORKSPACE_LO, WORKSPACE_HI)
+        close = a[6] > 0.0
+        if not close:
+            self.attached = None
+        m, d = self.model, self.data
+        d.ctrl[3:6] = (target - start) / (SUBSTEPS * TIMESTEP)  # velocity feed-forward
+        d.ctrl[6:8] = FINGER_CLOSED if close else 0.0
+        for k in range(1, SUBSTEPS + 1):
+            d.ctrl[:3] = start + (target - start) * (k / SUBSTEPS)
+            if self.attached is not None:
+                self._carry()
+            mujoco.mj_step(m, d)
+        if close and self.attached is None:
+            self._try_grasp()
+        self.steps += 1
+
+    def _carry(self) -> None:
+        """Pin the held object to the hand (pose and velocity) for the next substep."""
+        adr, dof = self._qadr[self.attached], self._dadr[self.attached]
+        d = self.data
+        d.qpos[adr : adr + 3] = d.qpos[self._hand_q : self._hand_q + 3] + self._offset
+        d.qpos[adr + 3 : adr + 7] = self._quat
+        d.qvel[dof : dof + 3] = d.qvel[self._hand_v : self._hand_v + 3]
+        d.qvel[dof + 3 : dof + 6] = 0.0
+
+    def _try_grasp(self) -> None:
+        """Attach the graspable object both fingers touch, if any.
+
+        The hand must also be over the object (tool centre inside its
+        footprint), so that closed fingers pushing an object from behind
+        don't pick it up.
+        """
+        d = self.data
+        if d.ncon == 0:
+            return
+        geoms = d.contact.geom
+        bodies = self.model.geom_bodyid[geoms]  # [ncon, 2]
+        touching = []
+        for finger in self._fingers:
+            hit = bodies[(bodies == finger).any(axis=1)]
+            touching.append(set(hit[hit != finger].tolist()))
+        for body in touching[0] & touching[1]:
+            key = self._key_of_body.get(body)
+            if key is None:
+                continue
+            adr = self._qadr[key]
+            hx, hy, _ = self.task.kind(key).collision_half
+            tcp = self.tcp
+            dx, dy = np.abs(d.qpos[adr : adr + 2] - tcp[:2])
+            if dx < hx + 0.01 and dy < hy:
+                self.attached = key
+                self._offset = d.qpos[adr : adr + 3] - tcp
+                self._quat = d.qpos[adr + 3 : adr + 7].copy()
+                return
+
+    # -- task ------------------------------------------------------------
+    def success(self) -> bool:
+        """Whether the task's goal holds in the current simulated state."""
+        goal = self.task.goal
+        if goal.verb == "lift":
+            return self.bottom(goal.obj) > LIFT_HEIGHT
+        if self.attached == goal.obj:
+            return False  # placing means letting go
+        p = self.pos(goal.obj)
+        if goal.verb == "push_front":
+            return bool(p[1] < FRONT_Y and self.bottom(goal.obj) < 0.01)
+        q = self.pos(goal.target)
+        dx, dy = abs(p[0] - q[0]), abs(p[1] - q[1])
+        if goal.verb == "place_in":
+            inside = max(dx, dy) < BASKET_INNER - 0.01
+            return bool(inside and self.bottom(goal.obj) < 2 * BASKET_WALL + 0.02)
+        if goal.verb == "place_on":
+            half = self.task.kind(goal.target).collision_half
+            on_top = -0.01 < self.bottom(goal.obj) - self.top(goal.target) < 0.015
+            return bool(dx < half[0] and dy < half[1] and on_top)
+        raise ValueError(f"unknown goal verb {goal.verb!r} in task {self.task.spec.name!r}")

@@ -1,0 +1,69 @@
+"""The tabletop suite: task catalogue, env factory, scripted experts."""
+from __future__ import annotations
+
+from ..base import Suite, TaskSpec
+from .env import TabletopEnv
+from .expert import TabletopExpert
+from .sim import STATE_DIM
+from .tasks import TabletopTask, build_catalogue
+
+
+class TabletopSuite(Suite):
+    """LIBERO-style tabletop tasks on a small MuJoCo scene with a mocap gripper.
+
+    27 tasks in three families (spatial / object / goal), six seen (``train``)
+    and three held-out per family (``unseen_spatial``, ``unseen_object``,
+    ``unseen_goal``), each with ``num_init_states`` seeded initial states.
+    Actions are 7-D: delta tool position (x, y, z), rotation (ignored: the hand
+    stays top-down), gripper (> 0 closes); each is in ``[-1, 1]``.
+
+    Args:
+        image_size: side of the square camera images.
+        wrist_camera: also render ``("observation", "wrist_image")``.
+        num_init_states: initial states per task (ids ``0 .. n-1``).
+
+    Example:
+        >>> suite = TabletopSuite()
+        >>> env = suite.make_env(2, chunk_size=8)
+        >>> td = env.reset(TensorDict({"task_index": ..., "init_state_id": ...}, [2]))
+    """
+
+    name = "tabletop"
+    action_dim = 7
+    state_dim = STATE_DIM
+
+    def __init__(self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50) -> None:
+        if image_size < 16:
+            raise ValueError(f"`image_size` must be >= 16 (got {image_size})")
+        if num_init_states < 1:
+            raise ValueError(f"`num_init_states` must be >= 1 (got {num_init_states})")
+        self.image_size = int(image_size)
+        self.wrist_camera = bool(wrist_camera)
+        self.num_init_states = int(num_init_states)
+        self._tasks = build_catalogue(self.num_init_states)
+        self._experts: dict[int, TabletopExpert] = {}
+
+    def all_tasks(self) -> list[TaskSpec]:
+        return [t.spec for t in self._tasks]
+
+    def task(self, task_index: int) -> TabletopTask:
+        """The full task (scene, goal, layout) behind ``all_tasks()[task_index]``."""
+        return self._tasks[task_index]
+
+    def make_env(self, num_envs: int, *, chunk_size: int, seed: int = 0) -> TabletopEnv:
+        return TabletopEnv(self, num_envs=num_envs, chunk_size=chunk_size, seed=seed)
+
+    def expert(self, task_index: int) -> TabletopExpert:
+        """Scripted expert of a task: ``expert(sim, chunk_size) -> [H, 7]`` actions.
+
+        ``sim`` is a sub-env simulator (``env.sims[i]``); ``env.expert_chunk()``
+        applies the right expert to every sub-env.
+        """
+        expert = self._experts.get(task_index)
+        if expert is None:
+            expert = self._experts[task_index] = TabletopExpert(self._tasks[task_index])
+        return expert
+
+    def __repr__(self) -> str:
+        return (f"TabletopSuite(image_size={self.image_size}, wrist_camera={self.wrist_camera}, "
+                f"num_init_states={self.num_init_states}, tasks={len(self._tasks)})")
