@@ -1,0 +1,266 @@
+"""Scripted demonstrations in the LIBERO / robomimic HDF5 layout.
+
+Layout written by :func:`write_demos` (one control step per row, the
+observation *before* the action, like robomimic)::
+
+    data/                     attrs: total, env_args (JSON: suite, image size, ...)
+      demo_<i>/               attrs: num_samples, instruction, task_name, task_index,
+                                     init_state_id, split, family
+        actions               float32 [T, 7]     control-step resolution (not chunked)
+        obs/agentview_image   uint8   [T, S, S, 3] (HWC, like robomimic)
+        obs/eye_in_hand_image uint8   [T, S, S, 3] (only with a wrist camera)
+        obs/state             float32 [T, state_dim]
+        rewards               float32 [T]        1 on the step that succeeds
+        dones                 uint8   [T]        1 on the last step
+
+Command line (also reached as ``python -m vla_grpo demos ...``)::
+
+    python -m vla_grpo.envs.demos --out demos.hdf5 --tasks train --per-task 1
+    python -m vla_grpo.envs.demos --out spatial.hdf5 --tasks spatial/behind_plate,spatial/left_side --per-task 5
+
+Demos use the task's initial states ``first_state, first_state + 1, ...`` and
+skip (and report) the rare state where the expert fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from .base import Suite
+
+IMAGE = "obs/agentview_image"
+WRIST_IMAGE = "obs/eye_in_hand_image"
+STATE = "obs/state"
+_DEMO_ATTRS = ("instruction", "task_name", "task_index", "init_state_id")
+
+
+@dataclass
+class Demo:
+    """One demonstration read back from a file (arrays are length ``T``)."""
+
+    actions: np.ndarray
+    images: np.ndarray
+    states: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    instruction: str
+    task_name: str
+    task_index: int
+    init_state_id: int
+    wrist_images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+# -- writing ---------------------------------------------------------------
+def resolve_tasks(suite: Suite, tasks: str | Sequence[str | int]) -> list[int]:
+    """Task indices from a split name, ``"all"``, comma-separated names, or a list of names/indices."""
+    names = [t.name for t in suite.all_tasks()]
+    if isinstance(tasks, str):
+        if tasks == "all":
+            return list(range(len(names)))
+        if tasks in suite.splits:
+            return [names.index(t.name) for t in suite.tasks(tasks)]
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    out = []
+    for t in tasks:
+        if isinstance(t, int) or (isinstance(t, str) and t.isdigit()):
+            out.append(int(t))
+        elif t in names:
+            out.append(names.index(t))
+        else:
+            raise ValueError(f"unknown task {t!r}; expected a split {suite.splits}, 'all', or task names like {names[0]!r}")
+    return out
+
+
+def record_episode(env, task_index: int, init_state_id: int) -> dict[str, np.ndarray] | None:
+    """Run the suite's expert on a 1-env, chunk-1 env; the episode's arrays, or None if it failed."""
+    prompt = TensorDict(
+        {"task_index": torch.tensor([[task_index]]), "init_state_id": torch.tensor([[init_state_id]]),
+         "group_id": torch.zeros(1, 1, dtype=torch.int64)},
+        batch_size=[1],
+    )
+    td = env.reset(prompt)
+    rows: dict[str, list] = {"actions": [], "images": [], "wrist": [], "states": [], "rewards": [], "dones": []}
+    while True:
+        rows["images"].append(td["observation", "image"][0].permute(1, 2, 0).numpy())
+        if ("observation", "wrist_image") in td.keys(True):
+            rows["wrist"].append(td["observation", "wrist_image"][0].permute(1, 2, 0).numpy())
+        rows["states"].append(td["observation", "state"][0].numpy())
+        td["action"] = env.expert_chunk()
+        nxt = env.step(td)["next"]
+        rows["actions"].append(td["action"][0, 0].numpy())
+        rows["rewards"].append(float(nxt["reward"][0]))
+        rows["dones"].append(int(nxt["done"][0]))
+        if nxt["done"][0]:
+            break
+        td = nxt
+    if not bool(nxt["success"][0]):
+        return None
+    return {k: np.stack(v) for k, v in rows.items() if v}
+
+
+def _write_demo(group: h5py.Group, ep: dict[str, np.ndarray], attrs: dict) -> None:
+    img = {"compression": "gzip", "compression_opts": 4, "chunks": (1, *ep["images"].shape[1:])}
+    group.create_dataset("actions", data=ep["actions"].astype(np.float32))
+    group.create_dataset(IMAGE, data=ep["images"].astype(np.uint8), **img)
+    if "wrist" in ep:
+        group.create_dataset(WRIST_IMAGE, data=ep["wrist"].astype(np.uint8), **img)
+    group.create_dataset(STATE, data=ep["states"].astype(np.float32))
+    group.create_dataset("rewards", data=ep["rewards"].astype(np.float32))
+    group.create_dataset("dones", data=ep["dones"].astype(np.uint8))
+    group.attrs["num_samples"] = len(ep["actions"])
+    for key, value in attrs.items():
+        group.attrs[key] = value
+
+
+def write_demos(
+    suite: Suite,
+    path: str | Path,
+    tasks: str | Sequence[str | int] = "train",
+    per_task: int = 1,
+    *,
+    first_state: int = 0,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write ``per_task`` successful expert demos of each task to an HDF5 file.
+
+    Args:
+        suite: a suite with scripted experts (``env.expert_chunk()``), e.g. ``TabletopSuite``.
+        path: output ``.hdf5`` file (overwritten).
+        tasks: a split name, ``"all"``, comma-separated task names, or names/indices.
+        per_task: demos per task.
+        first_state: first initial-state id to use; later ids replace expert failures.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"demos": written, "skipped": expert failures skipped}``.
+    """
+    from tqdm.auto import tqdm
+
+    indices = resolve_tasks(suite, tasks)
+    specs = suite.all_tasks()
+    env = suite.make_env(1, chunk_size=1)
+    written = skipped = 0
+    bar = tqdm(total=len(indices) * per_task, desc="demos", unit="demo", disable=not progress)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        for t in indices:
+            state, done = first_state, 0
+            while done < per_task and state < specs[t].num_init_states:
+                ep = record_episode(env, t, state)
+                state += 1
+                if ep is None:
+                    skipped += 1
+                    continue
+                spec = specs[t]
+                attrs = {"instruction": spec.instruction, "task_name": spec.name, "task_index": t,
+                         "init_state_id": state - 1, "split": spec.split, "family": spec.family}
+                _write_demo(data.create_group(f"demo_{written}"), ep, attrs)
+                written, done = written + 1, done + 1
+                bar.update(1)
+        data.attrs["total"] = sum(int(data[k].attrs["num_samples"]) for k in data)
+        data.attrs["env_args"] = json.dumps({"env_name": suite.name, "image_size": suite.image_size,
+                                             "state_dim": suite.state_dim, "action_dim": suite.action_dim})
+    bar.close()
+    env.close()
+    return {"demos": written, "skipped": skipped}
+
+
+# -- reading ---------------------------------------------------------------
+def _bad(path, field: str, expected: str, got: str) -> ValueError:
+    return ValueError(f"{path}: bad demo file: {field} {got}; expected {expected}")
+
+
+def _array(path, group: h5py.Group, name: str, ndim: int, dtype=None) -> np.ndarray:
+    where = f"{group.name.lstrip('/')}/{name}"
+    if name not in group or not isinstance(group[name], h5py.Dataset):
+        raise _bad(path, where, f"a dataset with {ndim} dims", "is missing")
+    try:
+        arr = group[name][()]
+    except (OSError, KeyError, RuntimeError) as err:  # truncated or corrupt chunks
+        raise _bad(path, where, "readable data", f"is unreadable ({' '.join(str(err).split())})") from None
+    if arr.ndim != ndim or (dtype is not None and arr.dtype != dtype):
+        raise _bad(path, where, f"{ndim} dims" + (f" of {np.dtype(dtype)}" if dtype else ""), f"has shape {arr.shape} {arr.dtype}")
+    return arr
+
+
+def _read_demo(path, group: h5py.Group) -> Demo:
+    actions = _array(path, group, "actions", 2)
+    images = _array(path, group, IMAGE, 4, np.uint8)
+    states = _array(path, group, STATE, 2)
+    rewards = _array(path, group, "rewards", 1)
+    dones = _array(path, group, "dones", 1)
+    wrist = _array(path, group, WRIST_IMAGE, 4, np.uint8) if WRIST_IMAGE in group else None
+    name = group.name.lstrip("/")
+    length = len(actions)
+    for field, arr in (("actions", actions), (IMAGE, images), (STATE, states), ("rewards", rewards), ("dones", dones)):
+        if len(arr) != length or length == 0:
+            raise _bad(path, f"{name}/{field}", f"{length} > 0 rows like {name}/actions", f"has {len(arr)} rows")
+    if images.shape[-1] != 3:
+        raise _bad(path, f"{name}/{IMAGE}", "HWC frames [T, H, W, 3]", f"has shape {images.shape}")
+    missing = [a for a in _DEMO_ATTRS if a not in group.attrs]
+    if missing:
+        raise _bad(path, f"{name} attrs", f"attrs {list(_DEMO_ATTRS)}", f"lack {missing}")
+    a = group.attrs
+    return Demo(actions.astype(np.float32), images, states.astype(np.float32), rewards, dones, str(a["instruction"]),
+                str(a["task_name"]), int(a["task_index"]), int(a["init_state_id"]), wrist)
+
+
+def read_demos(path: str | Path) -> list[Demo]:
+    """Read and validate a demo file; a one-line ``ValueError`` names the bad field.
+
+    Raises:
+        ValueError: the file is missing, truncated, not HDF5, or not in the layout above.
+    """
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{path}: cannot open as HDF5 ({reason}); expected a demo file from vla_grpo.envs.demos") from None
+    with f:
+        if "data" not in f or not isinstance(f["data"], h5py.Group):
+            raise _bad(path, "group 'data'", "the robomimic layout data/demo_<i>/...", "is missing")
+        keys = sorted((k for k in f["data"] if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
+        if not keys:
+            raise _bad(path, "data/", "groups data/demo_<i>", "holds none")
+        return [_read_demo(path, f["data"][k]) for k in keys]
+
+
+# -- command line ----------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Write expert demos of the built-in tabletop suite (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="vla_grpo demos", description="Write scripted tabletop demos (robomimic HDF5).")
+    parser.add_argument("--out", required=True, help="output .hdf5 file")
+    parser.add_argument("--tasks", default="train", help="split name, 'all', or comma-separated task names")
+    parser.add_argument("--per-task", type=int, default=1, help="demos per task")
+    parser.add_argument("--first-state", type=int, default=0, help="first initial-state id")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--wrist-camera", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.per_task < 1:
+        parser.error(f"--per-task must be >= 1 (got {args.per_task})")
+    from .tabletop import TabletopSuite
+
+    suite = TabletopSuite(image_size=args.image_size, wrist_camera=args.wrist_camera)
+    try:
+        summary = write_demos(suite, args.out, args.tasks, args.per_task, first_state=args.first_state,
+                              progress=not args.quiet)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"wrote {summary['demos']} demos to {args.out} ({summary['skipped']} expert failures skipped)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
