@@ -1,0 +1,76 @@
+"""The LightningCLI entry point: ``python -m vla_grpo {fit,validate,test} -c conf/x.yaml``.
+
+Every part is swappable by ``class_path`` (model, policy, suite, loss,
+callbacks); ``python -m vla_grpo fit --help`` lists every knob and
+``--model.help vla_grpo.GRPOModule`` a class's own.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# headless MuJoCo rendering; set before any simulator is imported
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
+          "Expected a <class 'NoneType'>", "Given value")
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested, multi-line errors as one line that keeps every clue.
+
+    ``Parser key "model": Problem with given class_path 'vla_grpo.module.GRPOModule':
+    Option 'no_such' is not accepted`` instead of ten indented lines.
+    """
+    parts = [ln.strip().lstrip("- ").strip() for ln in message.splitlines()]
+    return " ".join(p for p in parts if p and not p.startswith(_NOISE))
+
+
+class _OneLineErrorParser(LightningArgumentParser):
+    def error(self, message: str, ex: Exception | None = None):
+        return super().error(one_line(message), ex)
+
+
+class VLACLI(LightningCLI):
+    """LightningCLI in subclass mode, so ``model:`` picks GRPO or SFT by ``class_path``."""
+
+    def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+        super().__init__(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_class=_OneLineErrorParser,
+            **kwargs,
+        )
+
+    def instantiate_classes(self) -> None:
+        # A bad value (group_size < 2, a missing checkpoint, ...) surfaces as one
+        # argparse-style line naming the field, not a traceback.
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:
+            self.parser.error(_root_message(err))
+
+
+def _root_message(err: BaseException) -> str:
+    """First line of the innermost exception (jsonargparse wraps ours in its own)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return str(err).strip().splitlines()[0]
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "demos":
+        from vla_grpo.envs.demos import main as demos_main
+
+        demos_main(argv[1:])
+        return
+    VLACLI(args=argv)

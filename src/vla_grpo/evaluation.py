@@ -1,0 +1,83 @@
+"""Greedy evaluation on a suite's splits, shared by GRPO, SFT and the callbacks.
+
+The eval set is a fixed list of (split, task, initial state) items, the first
+``states_per_task`` states of every task of each split. It is a map-style
+dataset, so under DDP Lightning's ``DistributedSampler`` shards it by rank and
+the logged means are all-reduced.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch.utils.data import Dataset
+
+from vla_grpo.envs.base import Suite
+from vla_grpo.keys import SUCCESS_KEY
+from vla_grpo.rollout import GroupedRollout, Prompt, split_prompts
+
+
+class EvalItem(NamedTuple):
+    """One greedy eval episode: a split and a prompt of it."""
+
+    split: str
+    prompt: Prompt
+
+
+class EvalPrompts(Dataset):
+    """Every task of every split in ``splits`` x its first ``states_per_task`` states."""
+
+    def __init__(self, suite: Suite, splits: list[str], states_per_task: int) -> None:
+        self.items = [
+            EvalItem(split, prompt)
+            for split in splits
+            for prompt in split_prompts(suite, split, states_per_task)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> EvalItem:
+        return self.items[i]
+
+
+def evaluate_items(rollout: GroupedRollout, policy, items: list[EvalItem]) -> list[bool]:
+    """Greedy success of each item; runs in env-sized batches (padding the last one)."""
+    n, out = rollout.num_envs, []
+    for start in range(0, len(items), n):
+        chunk = items[start:start + n]
+        prompts = [it.prompt for it in chunk]
+        prompts += [prompts[-1]] * (n - len(prompts))
+        data = rollout.run(policy, prompts, list(range(n)), greedy=True)
+        success = data.get(("next", SUCCESS_KEY)).squeeze(-1).any(-1)
+        out.extend(bool(s) for s in success[: len(chunk)])
+    return out
+
+
+def evaluate_prompts(rollout: GroupedRollout, policy, items: list[EvalItem]) -> dict[str, tuple[float, int]]:
+    """``{split: (successes, episodes)}`` of greedy episodes for ``items``."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        success = evaluate_items(rollout, policy, items)
+    finally:
+        policy.train(was_training)
+    results: dict[str, tuple[float, int]] = {}
+    for item, ok in zip(items, success, strict=False):
+        s, c = results.get(item.split, (0.0, 0))
+        results[item.split] = (s + float(ok), c + 1)
+    return results
+
+
+def per_task_success(suite: Suite, items: list[EvalItem], success: list[bool]) -> dict[str, float]:
+    """Success rate per task name."""
+    tasks = suite.all_tasks()
+    totals: dict[str, list[int]] = {}
+    for item, ok in zip(items, success, strict=False):
+        name = tasks[item.prompt.task_index].name
+        s = totals.setdefault(name, [0, 0])
+        s[0] += int(ok)
+        s[1] += 1
+    return {name: s / c for name, (s, c) in totals.items()}
+
+
+__all__ = ["EvalItem", "EvalPrompts", "evaluate_items", "evaluate_prompts", "per_task_success"]

@@ -1,0 +1,277 @@
+"""GRPOModule: the SimpleVLA-RL training loop as a LightningModule.
+
+One training step: draw prompts -> roll out ``group_size`` trajectories per
+prompt at ``rollout_temperature`` -> binary success reward -> dynamic sampling
+(keep mixed groups; roll out new prompts until ``groups_per_step`` are held,
+at most ``max_rollout_rounds`` rounds; surplus carried over) -> group-normalised
+advantage -> ``ppo_epochs`` x ``num_minibatches`` updates of the loss ->
+grad-norm clip -> log. Validation runs greedy episodes on every split.
+
+Commands::
+
+    python -m vla_grpo fit -c conf/toy.yaml
+    python -m vla_grpo fit -c conf/toy.yaml --trainer.devices 2 --trainer.strategy ddp
+    python -m vla_grpo validate -c conf/toy.yaml --ckpt_path runs/toy/.../last.ckpt
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+from torch.utils.data import DataLoader, IterableDataset
+
+from vla_grpo.envs.base import Suite
+from vla_grpo.evaluation import EvalPrompts, evaluate_prompts
+from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY, RETURN_KEY
+from vla_grpo.losses import GRPOLoss, PolicyLoss
+from vla_grpo.rollout import (
+    DynamicSamplingBuffer,
+    GroupedRollout,
+    PromptSampler,
+    attach_instructions,
+    split_trajectories,
+)
+
+
+class _StepTicker(IterableDataset):
+    """GRPO makes its data online: the train dataloader only ticks steps."""
+
+    def __iter__(self):
+        step = 0
+        while True:
+            yield step
+            step += 1
+
+
+def _positive(name: str, value: float, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ValueError(f"`--model.{name}` must be >= {minimum} (got {value})")
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO with binary success rewards for token-head VLA policies.
+
+    Args:
+        policy: a token-head VLA policy (``vla_grpo.policies``).
+        suite: the env suite to roll out on (``vla_grpo.envs``).
+        loss: the policy loss (``vla_grpo.losses``); GRPOLoss by default.
+        group_size: trajectories per prompt, G.
+        rollout_temperature: sampling temperature at rollout *and* at update.
+        groups_per_step: mixed groups trained on per step (per rank).
+        prompts_per_round: prompts rolled out together in one round.
+        max_rollout_rounds: rounds per step before training on what is held.
+        dynamic_sampling: drop groups whose outcomes are all equal.
+        ppo_epochs: passes over the step's data.
+        num_minibatches: optimizer steps per epoch (equal on every rank).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient-norm clip.
+        eval_states_per_task: greedy episodes per task at validation.
+        eval_splits: splits to evaluate (None = all of the suite's splits).
+        init_from: a checkpoint (``.ckpt`` from SFT or GRPO) to start the policy from.
+        seed: seed of the prompt draws.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        suite: Suite,
+        loss: PolicyLoss | None = None,
+        group_size: int = 8,  # SimpleVLA-RL: G = 8
+        rollout_temperature: float = 1.6,  # SimpleVLA-RL: 1.0 -> 1.6 widens exploration
+        groups_per_step: int = 4,
+        prompts_per_round: int | None = None,
+        max_rollout_rounds: int = 4,
+        dynamic_sampling: bool = True,
+        ppo_epochs: int = 1,
+        num_minibatches: int = 2,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 1.0,
+        eval_states_per_task: int = 8,
+        eval_splits: list[str] | None = None,
+        init_from: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _positive("group_size", group_size, 2)
+        _positive("groups_per_step", groups_per_step)
+        _positive("max_rollout_rounds", max_rollout_rounds)
+        _positive("ppo_epochs", ppo_epochs)
+        _positive("num_minibatches", num_minibatches)
+        _positive("eval_states_per_task", eval_states_per_task)
+        if rollout_temperature <= 0:
+            raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {rollout_temperature})")
+        if prompts_per_round is not None:
+            _positive("prompts_per_round", prompts_per_round)
+        self.save_hyperparameters(ignore=["policy", "suite", "loss"])
+        self.automatic_optimization = False
+        self.policy = policy
+        self.suite = suite
+        self.loss = loss if loss is not None else GRPOLoss()
+        self.policy.temperature = rollout_temperature
+        self.prompts_per_round = prompts_per_round or groups_per_step
+        self.reference = None
+        if init_from:
+            from vla_grpo.checkpoint import load_policy_weights
+
+            load_policy_weights(self.policy, init_from)
+        self._check_policy_fits_suite()
+
+    def _check_policy_fits_suite(self) -> None:
+        for name in ("action_dim", "state_dim", "image_size"):
+            want, got = getattr(self.suite, name), getattr(self.policy, name, None)
+            if got is not None and got != want:
+                raise ValueError(
+                    f"`--model.policy.init_args.{name}` is {got} but the suite "
+                    f"{self.suite.name!r} has {name}={want}"
+                )
+
+    # -- Lightning plumbing ----------------------------------------------------
+    def setup(self, stage: str) -> None:
+        seed = self.hparams.seed * 1_000 + self.global_rank
+        self.sampler = PromptSampler(self.suite, rank=self.global_rank, world_size=self.trainer.world_size,
+                                     seed=self.hparams.seed)
+        self.rollout = GroupedRollout(self.suite, num_envs=self.prompts_per_round * self.hparams.group_size,
+                                      chunk_size=self.policy.chunk_size, seed=seed)
+        self.buffer = DynamicSamplingBuffer(self.hparams.group_size,
+                                            dynamic_sampling=self.hparams.dynamic_sampling)
+        self._group_counter = 0
+        self._traj_counter = 0
+        if self.loss.needs_reference and self.reference is None:
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+
+    def teardown(self, stage: str) -> None:
+        if getattr(self, "rollout", None) is not None:
+            self.rollout.close()
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr,
+                                 weight_decay=self.hparams.weight_decay)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_StepTicker(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        splits = self.hparams.eval_splits or self.suite.splits
+        dataset = EvalPrompts(self.suite, splits, self.hparams.eval_states_per_task)
+        return DataLoader(dataset, batch_size=self.rollout.num_envs, collate_fn=list)
+
+    test_dataloader = val_dataloader
+
+    # -- the GRPO step -----------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> None:
+        data, rollout_metrics = self.collect()
+        metrics = self.update(data)
+        metrics.update(rollout_metrics)
+        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
+        self.log("success", rollout_metrics["rollout/success_rate"], prog_bar=True, batch_size=1)
+
+    def _all_reduce(self, value: float, op=None) -> float:
+        if not (dist.is_available() and dist.is_initialized()):
+            return value
+        t = torch.tensor(float(value), dtype=torch.float64)
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return float(t)
+
+    def collect(self) -> tuple[TensorDict | None, dict[str, float]]:
+        """Roll out rounds until every rank holds ``groups_per_step`` mixed groups."""
+        G, need = self.hparams.group_size, self.hparams.groups_per_step
+        successes, episodes, rounds, env_rate = 0.0, 0, 0, []
+        while rounds < self.hparams.max_rollout_rounds:
+            if self._all_reduce(self.buffer.num_groups, dist.ReduceOp.MIN if dist.is_initialized() else None) >= need:
+                break
+            returns, rate = self._rollout_round(G)
+            successes += float(returns.sum())
+            episodes += returns.numel()
+            env_rate.append(rate)
+            rounds += 1
+        stats = self.buffer.stats()
+        data = self.buffer.pop_groups(need)
+        completed = max(stats["completed_groups"], 1)
+        metrics = {
+            "rollout/success_rate": successes / max(episodes, 1),
+            "rollout/kept_group_fraction": stats["written_groups"] / completed,
+            "rollout/discarded_rollouts": float(stats["dropped_groups"] * G),
+            "rollout/rounds": float(rounds),
+            "rollout/train_groups": float(0 if data is None else torch.unique(data["group_id"]).numel()),
+            "perf/env_steps_per_s": sum(env_rate) / max(len(env_rate), 1),
+            "perf/decisions_per_s": self.rollout.last_decisions_per_s,
+        }
+        return data, metrics
+
+    def _rollout_round(self, G: int) -> tuple[torch.Tensor, float]:
+        prompts = self.sampler.draw(self.prompts_per_round)
+        world, rank = self.trainer.world_size, self.global_rank
+        group_ids = [(self._group_counter + i) * world + rank for i in range(len(prompts))]
+        self._group_counter += len(prompts)
+        data = self.rollout.run(self.policy, [p for p in prompts for _ in range(G)],
+                                [g for g in group_ids for _ in range(G)])
+        trajs = split_trajectories(data, first_traj_id=self._traj_counter * world + rank,
+                                   tokens_per_decision=self.policy.tokens_per_decision)
+        self._traj_counter += len(trajs)
+        self.buffer.extend(trajs)
+        returns = torch.tensor([float(t.get(RETURN_KEY)[0]) for t in trajs])
+        return returns, self.rollout.last_env_steps_per_s
+
+    def update(self, data: TensorDict | None) -> dict[str, float]:
+        """``ppo_epochs`` x ``num_minibatches`` optimizer steps (the same count on every rank)."""
+        opt = self.optimizers()
+        if self._all_reduce(0 if data is None else data.shape[0]) == 0:
+            return {}
+        n = 0 if data is None else data.shape[0]
+        if data is not None and self.reference is not None:
+            with torch.no_grad():
+                scored = attach_instructions(self.suite, data.clone()).to(self.device)
+                data.set(REF_LOG_PROBS_KEY, self.reference.score(scored)[0].cpu())
+        sums: dict[str, float] = {}
+        steps = self.hparams.ppo_epochs * self.hparams.num_minibatches
+        for epoch in range(self.hparams.ppo_epochs):
+            order = torch.randperm(n)
+            for i, idx in enumerate(order.tensor_split(self.hparams.num_minibatches)):
+                last = epoch == self.hparams.ppo_epochs - 1 and i == self.hparams.num_minibatches - 1
+                out = self._minibatch_step(opt, None if idx.numel() == 0 else data[idx], last)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        return {f"train/{k}": v / steps for k, v in sums.items()}
+
+    def _minibatch_step(self, opt, batch: TensorDict | None, last: bool) -> dict[str, float]:
+        if batch is None:
+            # an empty rank still joins DDP's gradient all-reduce, with zero gradient
+            loss = sum(p.sum() * 0.0 for p in self.policy.parameters())
+            out = {}
+        else:
+            batch = attach_instructions(self.suite, batch).to(self.device)
+            log_probs, entropy = self.policy.score(batch)
+            batch.set(LOG_PROBS_KEY, log_probs)
+            batch.set(ENTROPY_KEY, entropy)
+            terms = self.loss(batch)
+            loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
+            out = {k: float(v.detach()) for k, v in terms.items()}
+            out["loss"] = float(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
+        if last:
+            opt.step()
+        else:
+            # Lightning counts every LightningOptimizer.step as a global step; going
+            # through the strategy (same precision/DDP/FSDP path, no counter) for the
+            # inner minibatches keeps `trainer.max_steps` counting GRPO steps.
+            self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None, model=self)
+        if batch is not None:
+            out["grad_norm"] = float(norm) if math.isfinite(float(norm)) else float("nan")
+        return out
+
+    # -- evaluation ---------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        results = evaluate_prompts(self.rollout, self.policy, batch)
+        for split, (succ, count) in results.items():
+            self.log(f"eval/{split}/success", succ / count, batch_size=count,
+                     on_step=False, on_epoch=True, sync_dist=True)
+
+    test_step = validation_step

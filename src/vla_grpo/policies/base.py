@@ -1,0 +1,99 @@
+"""The policy interface the trainer talks to.
+
+A policy is a ``torchrl.modules.vla.VLAWrapperBase`` with a token action head
+plus :class:`TokenPolicyMixin`, which adds what GRPO needs and TorchRL lacks:
+
+* a ``temperature`` applied to the action logits in *one* place
+  (``_action_logits``), so the distribution that samples the rollout tokens and
+  the one that scores them at update time are the same by construction;
+* :meth:`act` (sample at the temperature, or greedy) writing
+  ``("vla_action", "tokens" | "log_probs" | "chunk")`` with per-token log-probs;
+* :meth:`score` returning per-token log-probs and entropies of given tokens
+  under the current weights;
+* action normalization: the continuous chunk is decoded from tokens by a
+  ``UniformActionTokenizer`` whose per-dimension ``[low, high]`` are the demos'
+  q01/q99 (OpenVLA), kept as buffers so they travel with checkpoints.
+
+Nothing outside ``policies/`` knows a model's internals.
+"""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import InteractionType, set_interaction_type
+from torchrl.data.vla import UniformActionTokenizer
+
+from vla_grpo.keys import ACTION_TOKENS_KEY
+
+
+class TokenPolicyMixin:
+    """GRPO-facing methods for token-head ``VLAWrapperBase`` policies.
+
+    Subclasses call :meth:`_init_token_policy` in ``__init__`` after the base
+    constructor and keep ``log_probs_mode="token"``.
+    """
+
+    temperature: float
+
+    def _init_token_policy(self, action_dim: int, vocab_size: int, temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0 (got {temperature})")
+        self.temperature = float(temperature)
+        self.register_buffer("action_low", -torch.ones(action_dim))
+        self.register_buffer("action_high", torch.ones(action_dim))
+        self._rebuild_tokenizer(vocab_size)
+
+    def _rebuild_tokenizer(self, vocab_size: int | None = None) -> None:
+        vocab_size = vocab_size or self.vocab_size
+        self.action_tokenizer = UniformActionTokenizer(
+            vocab_size, low=self.action_low.cpu(), high=self.action_high.cpu()
+        )
+
+    def set_action_stats(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Set per-dimension normalization bounds (e.g. demos' q01/q99)."""
+        low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+        if low.shape != self.action_low.shape or high.shape != self.action_high.shape:
+            raise ValueError(
+                f"action stats must have shape {tuple(self.action_low.shape)} "
+                f"(got low {tuple(low.shape)}, high {tuple(high.shape)})"
+            )
+        # a constant dimension would give a zero-width bin range
+        high = torch.maximum(high, low + 1e-4)
+        self.action_low.copy_(low)
+        self.action_high.copy_(high)
+        self._rebuild_tokenizer()
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: D401 - torch hook
+        super()._load_from_state_dict(*args, **kwargs)
+        self._rebuild_tokenizer()
+
+    # -- the temperature lives here, for sampling and scoring alike ----------
+    def _action_logits(self, tensordict: TensorDictBase) -> torch.Tensor:
+        return super()._action_logits(tensordict) / self.temperature
+
+    @property
+    def tokens_per_decision(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    def act(self, tensordict: TensorDictBase, *, greedy: bool = False) -> TensorDictBase:
+        """Sample (or argmax) an action chunk; writes tokens, per-token log-probs, chunk."""
+        interaction = InteractionType.DETERMINISTIC if greedy else InteractionType.RANDOM
+        with set_interaction_type(interaction):
+            return self(tensordict)
+
+    def score(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(log_probs, entropy)`` of the stored tokens, both ``[B, H, A]``."""
+        logits = self._action_logits(tensordict).float()
+        log_p = torch.log_softmax(logits, dim=-1)
+        tokens = tensordict.get(ACTION_TOKENS_KEY).long()
+        log_probs = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return log_probs, entropy
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Continuous, de-normalized action chunk of given tokens."""
+        return self.action_tokenizer.decode(tokens)
+
+    def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Tokens of continuous actions (clipped to the normalization bounds)."""
+        return self.action_tokenizer.encode(actions)

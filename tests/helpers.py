@@ -1,0 +1,41 @@
+"""Small builders shared by tests (real TensorDicts in the trainer's layout)."""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+
+from vla_grpo.keys import (
+    GROUP_ID_KEY,
+    INIT_STATE_KEY,
+    RETURN_KEY,
+    SAMPLE_LOG_PROBS_KEY,
+    TASK_INDEX_KEY,
+    TRAJ_ID_KEY,
+    TRAJ_TOKENS_KEY,
+)
+
+H, A = 2, 3
+
+
+def make_trajectory(*, group_id: int, traj_id: int, length: int, success: bool) -> TensorDict:
+    """A finished trajectory of ``length`` decisions as ``split_trajectories`` writes it."""
+    reward = torch.zeros(length, 1)
+    reward[-1] = float(success)
+    done = torch.zeros(length, 1, dtype=torch.bool)
+    done[-1] = True
+    ids = lambda v: torch.full((length, 1), v, dtype=torch.int64)  # noqa: E731
+    return TensorDict(
+        {
+            "observation": {"state": torch.randn(length, 4)},
+            "vla_action": {"tokens": torch.randint(8, (length, H, A))},
+            SAMPLE_LOG_PROBS_KEY: -torch.rand(length, H, A),
+            GROUP_ID_KEY: ids(group_id),
+            TASK_INDEX_KEY: ids(0),
+            INIT_STATE_KEY: ids(0),
+            TRAJ_ID_KEY: ids(traj_id),
+            TRAJ_TOKENS_KEY: ids(length * H * A),
+            RETURN_KEY: torch.full((length, 1), float(success)),
+            "next": {"reward": reward, "done": done},
+        },
+        batch_size=[length],
+    )
