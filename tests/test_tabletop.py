@@ -10,6 +10,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data.vla import validate_vla_tensordict
 from torchrl.envs import ParallelEnv
+from torchrl.envs.utils import check_env_specs
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.tabletop.evaluate import expert_success
@@ -107,6 +108,13 @@ def test_every_task_builds_and_resets(suite):
     env.close()
 
 
+def test_torchrl_check_env_specs():
+    for wrist in (False, True):
+        env = TabletopSuite(image_size=32, wrist_camera=wrist).make_env(2, chunk_size=3)
+        check_env_specs(env)
+        env.close()
+
+
 def test_same_init_state_gives_same_first_frame(suite):
     env_a, env_b = suite.make_env(2, chunk_size=4), suite.make_env(1, chunk_size=4)
     td = env_a.reset(prompts([3, 3], [11, 12]))
@@ -170,10 +178,13 @@ def test_chunk_success_reward_and_freeze(suite):
     assert nxt["terminated"][0] and nxt["done"][0] and not nxt["truncated"][0]
     steps, frame = env.sims[0].steps, nxt["observation", "image"][0].clone()
     assert steps == _expert_steps_one_by_one(suite, task, 0)  # stopped at the step of success
-    td = nxt.set("action", env.action_spec.rand())
-    again = env.step(td)["next"]
-    assert env.sims[0].steps == steps and torch.equal(again["observation", "image"][0], frame)
-    assert again["reward"][0] == 0 and again["success"][0]
+    for mask in (None, torch.tensor([False, True])):  # stepped anyway, or masked out by `_step`
+        td = nxt.set("action", env.action_spec.rand())
+        if mask is not None:
+            td["_step"] = mask
+        again = env.step(td)["next"]
+        assert env.sims[0].steps == steps and torch.equal(again["observation", "image"][0], frame)
+        assert again["reward"][0] == 0 and again["success"][0] and again["done"][0]
     env.close()
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-# headless rendering unless the user chose a backend; must precede `import mujoco`
+# Headless rendering unless the user chose a backend. (mujoco may already be imported,
+# e.g. by torchrl.envs; render.py then still picks the EGL context class itself.)
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from .env import TabletopEnv  # noqa: E402

@@ -13,7 +13,7 @@ import atexit
 import os
 import weakref
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede `import mujoco`
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default (see _gl_context_class)
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
@@ -53,6 +53,7 @@ def _track(renderer: FrameRenderer) -> None:
         atexit.register(_close_all)
         _EXIT_HOOK.append(True)
     _OPEN.add(renderer)
+
 
 #: visual geoms live in groups 0-2; group 3 holds collision-only boxes
 _HIDDEN_GROUP = 3
@@ -103,6 +104,7 @@ class FrameRenderer:
         self._ctx = self._gl = self._scene = None
         try:
             if ctx is not None:
+                gl.make_current()  # free our GL objects, not those of whichever context is current
                 ctx.free()
             if gl is not None:
                 gl.free()

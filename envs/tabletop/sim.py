@@ -6,7 +6,7 @@ actuators, so the hand pushes objects and the fingers stop on contact. A
 control step moves the hand target by at most :data:`MAX_DELTA` per axis from
 where the hand is, interpolated over :data:`SUBSTEPS` physics steps.
 
-**Grasp (documented simplification).** Friction grasps with a kinematic hand
+**Grasp (documented simplification).** Friction grasps with two box fingers
 are fiddly, so when the gripper is commanded closed and *both* fingers touch
 the same graspable object (read from MuJoCo's contact list), the object is
 attached: every physics substep its free joint follows the hand at the
@@ -180,8 +180,8 @@ class TabletopSim:
         don't pick it up.
         """
         d = self.data
-        if d.ncon == 0:
-            return
+        if d.ncon == 0 or d.qpos[list(self._finger_q)].min() > FINGER_CLOSED - 0.002:
+            return  # fingers that closed all the way hold nothing: skip the contact scan
         geoms = d.contact.geom
         bodies = self.model.geom_bodyid[geoms]  # [ncon, 2]
         touching = []

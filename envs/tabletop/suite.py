@@ -25,7 +25,12 @@ class TabletopSuite(Suite):
     Example:
         >>> suite = TabletopSuite()
         >>> env = suite.make_env(2, chunk_size=8)
-        >>> td = env.reset(TensorDict({"task_index": ..., "init_state_id": ...}, [2]))
+        >>> prompts = TensorDict({"task_index": torch.tensor([[0], [0]]),
+        ...                       "init_state_id": torch.tensor([[3], [3]]),
+        ...                       "group_id": torch.tensor([[1], [1]])}, batch_size=[2])
+        >>> td = env.reset(prompts)
+        >>> td["action"] = env.expert_chunk()  # or a policy's [2, 8, 7] chunk
+        >>> td = env.step(td)["next"]
     """
 
     name = "tabletop"
