@@ -19,7 +19,7 @@ def test_toy_fit_raises_success_rate(tmp_path):
     assert len(success) == 80
     first, last = sum(success[:10]) / 10, sum(success[-10:]) / 10
     print(f"rollout success: first 10 steps {first:.3f}, last 10 steps {last:.3f}")
-    assert last >= first + 0.15, (first, last)
+    assert last >= first + 0.25, (first, last)
     # the standard diagnostics are logged under stable names
     for tag in ("train/loss", "train/clip_fraction", "train/approx_kl", "train/entropy",
                 "rollout/success_rate", "rollout/kept_group_fraction", "perf/env_steps_per_s"):
