@@ -1,11 +1,21 @@
 """TorchRL's ``TinyVLA`` with a token head, as the CPU default policy."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tensordict import NonTensorStack, TensorDict
 from torchrl.modules.vla import TinyVLA
 
 from vla_grpo.policies.base import TokenPolicyMixin
+from vla_grpo.policies.pretrained import (
+    check_dims,
+    load_action_stats,
+    read_policy_dir,
+    write_policy_json,
+)
+
+_WEIGHTS = "model.safetensors"
 
 
 class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
@@ -19,6 +29,8 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         vocab_size: action bins per dimension (OpenVLA: 256).
         hidden_dim: width of the fused trunk.
         temperature: softmax temperature for sampling *and* scoring.
+        pretrained_path: a directory from :meth:`save_pretrained` to load; its
+            ``hidden_dim``/``vocab_size`` win, its suite dimensions must equal the configured ones.
     """
 
     def __init__(
@@ -30,7 +42,14 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         vocab_size: int = 256,
         hidden_dim: int = 128,
         temperature: float = 1.0,
+        pretrained_path: str | None = None,
     ) -> None:
+        meta = None
+        if pretrained_path is not None:
+            meta = read_policy_dir(pretrained_path, type(self), (_WEIGHTS,))
+            check_dims(pretrained_path, meta, action_dim=action_dim, chunk_size=chunk_size,
+                       state_dim=state_dim, image_size=image_size)
+            hidden_dim, vocab_size = int(meta["hidden_dim"]), int(meta["num_bins"])
         for name, value in (("action_dim", action_dim), ("chunk_size", chunk_size),
                             ("state_dim", state_dim), ("image_size", image_size),
                             ("vocab_size", vocab_size)):
@@ -50,6 +69,30 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         self.image_size = int(image_size)
         self._init_token_policy(action_dim, vocab_size, temperature)
         self._materialize()
+        if meta is not None:
+            self._load_weights(Path(pretrained_path), meta)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``vla_policy.json`` + ``model.safetensors`` (weights and action stats); returns the directory."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        # clone: the tokenizer's bounds alias action_low/high, which safetensors refuses to write
+        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        save_file(state, path / _WEIGHTS)
+        write_policy_json(path, self, hidden_dim=self.hidden_dim)
+        return path
+
+    def _load_weights(self, path: Path, meta: dict) -> None:
+        from safetensors.torch import load_file
+
+        try:
+            self.load_state_dict(load_file(path / _WEIGHTS))
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"`policy.pretrained_path`: {path / _WEIGHTS} does not fit "
+                             f"({str(err).strip().splitlines()[0]})") from None
+        load_action_stats(self, meta)
 
     def _materialize(self) -> None:
         """Run one dummy forward so TinyVLA's lazy layers get their shapes.

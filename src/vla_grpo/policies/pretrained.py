@@ -1,0 +1,82 @@
+"""The on-disk policy directory shared by every policy's ``save_pretrained``.
+
+A policy directory holds ``vla_policy.json`` (which class, the suite-facing
+dimensions, the action-normalization stats) next to the class's own weight
+files. Loading checks the files and the dimensions first, so a wrong directory
+is one line naming it and what was expected instead of a shape error deep in
+``load_state_dict``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+POLICY_JSON = "vla_policy.json"
+FORMAT_VERSION = 1
+#: dimensions a loaded policy must share with the configured suite
+SUITE_DIMS = ("action_dim", "chunk_size", "state_dim", "image_size")
+
+
+def _expected(cls: type) -> str:
+    return f"a directory written by {cls.__name__}.save_pretrained"
+
+
+def read_policy_dir(path: str | Path, cls: type, files: tuple[str, ...]) -> dict:
+    """Check that ``path`` is a ``cls`` policy directory holding ``files``; return its json.
+
+    Raises:
+        FileNotFoundError: the directory or one of its files is missing.
+        ValueError: the json is unreadable or written by another policy class.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"`policy.pretrained_path`: no directory at {path} (expected {_expected(cls)})")
+    if not (path / POLICY_JSON).is_file():
+        raise FileNotFoundError(f"`policy.pretrained_path`: {path} is missing {POLICY_JSON} (expected {_expected(cls)})")
+    try:
+        meta = json.loads((path / POLICY_JSON).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"`policy.pretrained_path`: {path / POLICY_JSON} is not readable JSON ({err})") from None
+    # the class first: another policy's directory lacks our files, and "wrong class" says why
+    if not isinstance(meta, dict) or meta.get("policy_class") != cls.__name__:
+        got = meta.get("policy_class") if isinstance(meta, dict) else None
+        raise ValueError(f"`policy.pretrained_path`: {path} holds a {got!r} policy (expected {cls.__name__})")
+    missing = [name for name in files if not (path / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"`policy.pretrained_path`: {path} is missing {', '.join(missing)} (expected {_expected(cls)})"
+        )
+    return meta
+
+
+def check_dims(path: str | Path, meta: dict, **configured: int) -> None:
+    """One-line ``ValueError`` when the directory's dimensions differ from the configured ones."""
+    for name, want in configured.items():
+        got = meta.get(name)
+        if got != want:
+            raise ValueError(
+                f"`policy.pretrained_path`: {path} holds a policy with {name}={got}, but "
+                f"`policy.{name}` is {want} (set it to the suite's {name}, or load a matching directory)"
+            )
+
+
+def write_policy_json(path: str | Path, policy: torch.nn.Module, **extra) -> None:
+    """Write ``vla_policy.json``: class, suite dimensions, action stats and class-specific ``extra``."""
+    meta = {
+        "policy_class": type(policy).__name__,
+        "format_version": FORMAT_VERSION,
+        **{name: int(getattr(policy, name)) for name in SUITE_DIMS},
+        "num_bins": int(policy.vocab_size),
+        # q01/q99 of the demos (OpenVLA's norm stats), applied when decoding tokens
+        "action_low": policy.action_low.cpu().tolist(),
+        "action_high": policy.action_high.cpu().tolist(),
+        **extra,
+    }
+    (Path(path) / POLICY_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_action_stats(policy, meta: dict) -> None:
+    """Restore the normalization bounds stored by :func:`write_policy_json`."""
+    policy.set_action_stats(torch.tensor(meta["action_low"]), torch.tensor(meta["action_high"]))
