@@ -27,7 +27,12 @@ The trainer only talks to this contract, never to a simulator:
   - ``reward`` = 1.0 on the decision where the task first succeeds, else 0;
     ``terminated`` on success, ``truncated`` when the task's step limit
     (in simulator steps) is reached, and ``_step`` partial-step masks are
-    honoured (masked sub-envs keep their state).
+    honoured (masked sub-envs keep their state);
+  - a finished sub-env (done) stays frozen until its next reset: it ignores
+    actions, is not re-rendered and reports reward 0. So a batch can be
+    stepped whole while some episodes are over, which is what a
+    ``ParallelEnv`` of batched workers needs (its ``_step`` mask can only
+    select whole workers).
 
 The same ``init_state_id`` of the same task must always give the same initial
 state (and first frame); all G members of a group are reset with equal

@@ -15,6 +15,7 @@ Commands::
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 
@@ -32,6 +33,7 @@ from vla_grpo.rollout import (
     DynamicSamplingBuffer,
     GroupedRollout,
     PromptSampler,
+    SuccessAwarePromptSampler,
     attach_instructions,
     split_trajectories,
 )
@@ -65,6 +67,10 @@ class GRPOModule(L.LightningModule):
         prompts_per_round: prompts rolled out together in one round.
         max_rollout_rounds: rounds per step before training on what is held.
         dynamic_sampling: drop groups whose outcomes are all equal.
+        prompt_sampling: ``success_aware`` (favour prompts likely to give mixed
+            groups) or ``uniform``.
+        num_workers: simulator processes per rank (1 = in the trainer process).
+        worker_timeout_s: a simulator worker silent this long is restarted.
         ppo_epochs: passes over the step's data.
         num_minibatches: optimizer steps per epoch (equal on every rank).
         lr: AdamW learning rate.
@@ -87,6 +93,9 @@ class GRPOModule(L.LightningModule):
         prompts_per_round: int | None = None,
         max_rollout_rounds: int = 4,
         dynamic_sampling: bool = True,
+        prompt_sampling: str = "success_aware",
+        num_workers: int = 1,
+        worker_timeout_s: float = 120.0,
         ppo_epochs: int = 1,
         num_minibatches: int = 2,
         lr: float = 1e-4,
@@ -106,6 +115,9 @@ class GRPOModule(L.LightningModule):
         _positive("eval_states_per_task", eval_states_per_task)
         if rollout_temperature <= 0:
             raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {rollout_temperature})")
+        if prompt_sampling not in ("success_aware", "uniform"):
+            raise ValueError(f"`--model.prompt_sampling` must be 'success_aware' or 'uniform' (got {prompt_sampling!r})")
+        _positive("num_workers", num_workers)
         if prompts_per_round is not None:
             _positive("prompts_per_round", prompts_per_round)
         self.save_hyperparameters(ignore=["policy", "suite", "loss"])
@@ -134,10 +146,15 @@ class GRPOModule(L.LightningModule):
     # -- Lightning plumbing ----------------------------------------------------
     def setup(self, stage: str) -> None:
         seed = self.hparams.seed * 1_000 + self.global_rank
-        self.sampler = PromptSampler(self.suite, rank=self.global_rank, world_size=self.trainer.world_size,
-                                     seed=self.hparams.seed)
+        shard = dict(rank=self.global_rank, world_size=self.trainer.world_size, seed=self.hparams.seed)
+        if self.hparams.prompt_sampling == "success_aware":
+            self.sampler = SuccessAwarePromptSampler(self.suite, group_size=self.hparams.group_size, **shard)
+        else:
+            self.sampler = PromptSampler(self.suite, **shard)
+        self.prompt_history: collections.deque = collections.deque(maxlen=10_000)
         self.rollout = GroupedRollout(self.suite, num_envs=self.prompts_per_round * self.hparams.group_size,
-                                      chunk_size=self.policy.chunk_size, seed=seed)
+                                      chunk_size=self.policy.chunk_size, num_workers=self.hparams.num_workers,
+                                      seed=seed, worker_timeout_s=self.hparams.worker_timeout_s)
         self.buffer = DynamicSamplingBuffer(self.hparams.group_size,
                                             dynamic_sampling=self.hparams.dynamic_sampling)
         self._group_counter = 0
@@ -216,6 +233,9 @@ class GRPOModule(L.LightningModule):
         self._traj_counter += len(trajs)
         self.buffer.extend(trajs)
         returns = torch.tensor([float(t.get(RETURN_KEY)[0]) for t in trajs])
+        for prompt, group_returns in zip(prompts, returns.view(len(prompts), G), strict=True):
+            self.sampler.update(prompt, int(group_returns.sum()), G)
+        self.prompt_history.extend(prompts)
         return returns, self.rollout.last_env_steps_per_s
 
     def update(self, data: TensorDict | None) -> dict[str, float]:

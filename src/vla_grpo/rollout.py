@@ -10,12 +10,15 @@ group-normalised advantage ``(R - mean) / std`` on every decision.
 """
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from typing import NamedTuple
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import ParallelEnv
 from torchrl.objectives.llm import MCAdvantage
 
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
@@ -76,41 +79,141 @@ class PromptSampler:
     def __init__(self, suite: Suite, *, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         prompts = split_prompts(suite, TRAIN_SPLIT)
         self.prompts = prompts[rank::world_size] or prompts
+        self.index = {p: i for i, p in enumerate(self.prompts)}
         self.generator = torch.Generator().manual_seed(seed * 1_000 + rank)
 
+    def weights(self) -> torch.Tensor:
+        return torch.ones(len(self.prompts))
+
     def draw(self, n: int) -> list[Prompt]:
-        idx = torch.randint(len(self.prompts), (n,), generator=self.generator)
+        weights = self.weights()
+        idx = torch.multinomial(weights, n, replacement=n > len(self.prompts), generator=self.generator)
         return [self.prompts[i] for i in idx.tolist()]
+
+    def update(self, prompt: Prompt, successes: int, trials: int) -> None:
+        """Outcome feedback (unused by uniform sampling)."""
+
+
+class SuccessAwarePromptSampler(PromptSampler):
+    """Draws prompts likely to give *mixed* groups more often.
+
+    Keeps a decayed success count per prompt; with ``p`` its posterior-mean
+    success rate (Beta(1, 1) prior) a group of G is mixed with probability
+    ``1 - p^G - (1-p)^G``. Prompts are drawn in proportion to that plus a
+    ``floor`` (so solved and hopeless prompts are still revisited), without
+    replacement within a draw. Unseen prompts have ``p = 0.5``: explored first.
+
+    Args:
+        group_size: G.
+        decay: weight kept by old outcomes each time a prompt is rolled out again.
+        floor: minimum weight of any prompt.
+    """
+
+    def __init__(self, suite: Suite, *, group_size: int, decay: float = 0.5, floor: float = 0.05,
+                 rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        super().__init__(suite, rank=rank, world_size=world_size, seed=seed)
+        self.group_size = group_size
+        self.decay = decay
+        self.floor = floor
+        self.successes = torch.zeros(len(self.prompts))
+        self.trials = torch.zeros(len(self.prompts))
+
+    def weights(self) -> torch.Tensor:
+        p = (self.successes + 1) / (self.trials + 2)
+        mixed = 1 - p.pow(self.group_size) - (1 - p).pow(self.group_size)
+        return mixed + self.floor
+
+    def update(self, prompt: Prompt, successes: int, trials: int) -> None:
+        i = self.index.get(prompt)
+        if i is None:
+            return
+        self.successes[i] = self.decay * self.successes[i] + successes
+        self.trials[i] = self.decay * self.trials[i] + trials
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+    return max(d for d in range(1, max(1, min(n, k)) + 1) if n % d == 0)
 
 
 class GroupedRollout:
-    """Rolls out batches of prompts on one batched suite env.
+    """Rolls out batches of prompts on the suite's envs, in worker processes.
+
+    With ``num_workers > 1`` the ``num_envs`` sub-envs are split over a TorchRL
+    ``ParallelEnv`` of batched suite envs (each worker steps its share of the
+    chunks and renders its frames); the policy is called once per decision on
+    the still-running episodes of all workers. A worker that dies or stops
+    answering for ``worker_timeout_s`` is restarted and the round re-run, so a
+    partial trajectory never leaves :meth:`run`.
 
     Args:
         suite: the task suite.
-        num_envs: sub-envs in the batched env (``prompts_per_round * group_size``).
+        num_envs: sub-envs in all (``prompts_per_round * group_size``).
         chunk_size: actions executed open-loop per decision.
+        num_workers: simulator processes (1 = in this process); lowered to a
+            divisor of ``num_envs``.
         seed: env seed.
+        worker_timeout_s: seconds without an answer after which a worker is
+            declared hung.
+        max_restarts: restarts per round before giving up.
     """
 
-    def __init__(self, suite: Suite, *, num_envs: int, chunk_size: int, seed: int = 0) -> None:
+    def __init__(self, suite: Suite, *, num_envs: int, chunk_size: int, num_workers: int = 1,
+                 seed: int = 0, worker_timeout_s: float = 120.0, max_restarts: int = 3) -> None:
         self.suite = suite
         self.num_envs = num_envs
         self.chunk_size = chunk_size
-        self.env = suite.make_env(num_envs, chunk_size=chunk_size, seed=seed)
+        self.num_workers = _largest_divisor_at_most(num_envs, num_workers)
+        self.seed = seed
+        self.worker_timeout_s = worker_timeout_s
+        self.max_restarts = max_restarts
         self.max_decisions = suite.max_decisions(chunk_size)
+        self.restarts = 0
         self.last_env_steps_per_s = 0.0
         self.last_decisions_per_s = 0.0
+        self.env = self._make_env()
+
+    def _make_env(self):
+        if self.num_workers == 1:
+            return self.suite.make_env(self.num_envs, chunk_size=self.chunk_size, seed=self.seed)
+        per_worker = self.num_envs // self.num_workers
+        env = ParallelEnv(
+            self.num_workers,
+            functools.partial(self.suite.make_env, per_worker, chunk_size=self.chunk_size),
+            create_env_kwargs=[{"seed": self.seed + i} for i in range(self.num_workers)],
+            num_threads=1, num_sub_threads=1,
+        )
+        # ParallelEnv raises when a worker does not answer within this many seconds
+        env.BATCHED_PIPE_TIMEOUT = self.worker_timeout_s
+        return env
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the simulator workers (empty when in-process)."""
+        workers = getattr(self.env, "_workers", None) or []
+        return [w.pid for w in workers]
 
     def close(self) -> None:
-        if not self.env.is_closed:
-            self.env.close()
+        try:
+            if not self.env.is_closed:
+                self.env.close(raise_if_closed=False)
+        except Exception:  # a dead worker can make a clean close fail: kill what is left
+            for w in getattr(self.env, "_workers", None) or []:
+                if w.is_alive():
+                    w.kill()
+
+    def _restart(self, err: BaseException) -> None:
+        self.restarts += 1
+        warnings.warn(f"rollout worker failed ({type(err).__name__}: {str(err)[:200]}); "
+                      f"restarting the simulators and re-running the round (restart {self.restarts})",
+                      stacklevel=3)
+        self.close()
+        self.env = self._make_env()
 
     def _reset_td(self, prompts: list[Prompt], group_ids: list[int]) -> TensorDict:
         def col(values):
             return torch.tensor(values, dtype=torch.int64).view(-1, 1)
 
-        return TensorDict(
+        td = TensorDict(
             {
                 TASK_INDEX_KEY: col([p.task_index for p in prompts]),
                 INIT_STATE_KEY: col([p.init_state_id for p in prompts]),
@@ -118,6 +221,7 @@ class GroupedRollout:
             },
             batch_size=[len(prompts)],
         )
+        return td.reshape(*self.env.batch_size)
 
     @torch.no_grad()
     def run(self, policy, prompts: list[Prompt], group_ids: list[int], *, greedy: bool = False) -> TensorDict:
@@ -128,28 +232,77 @@ class GroupedRollout:
         """
         if len(prompts) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} prompts (one per sub-env), got {len(prompts)}")
-        device = next(policy.parameters()).device
+        for attempt in range(self.max_restarts + 1):
+            try:
+                return self._run_once(policy, prompts, group_ids, greedy)
+            except (RuntimeError, EOFError, OSError, TimeoutError) as err:
+                if attempt == self.max_restarts or self.num_workers == 1:
+                    raise
+                self._restart(err)
+        raise AssertionError("unreachable")
 
-        def actor(td: TensorDictBase) -> TensorDictBase:
-            out = policy.act(td.to(device), greedy=greedy).to("cpu")
-            out.set(ACTION_KEY, out.get((VLA_ACTION_KEY, "chunk")))
-            return out
-
+    def _run_once(self, policy, prompts, group_ids, greedy: bool) -> TensorDict:
+        actor = _ActiveOnlyActor(policy, greedy, self.num_envs)
         start = time.perf_counter()
-        td = self.env.reset(self._reset_td(prompts, group_ids))
-        data = self.env.rollout(
-            self.max_decisions, actor, tensordict=td, auto_reset=False,
-            break_when_any_done=False, break_when_all_done=True,
-        )
+        data = self._loop(actor, self.env.reset(self._reset_td(prompts, group_ids)))
         elapsed = max(time.perf_counter() - start, 1e-9)
+        data = data.reshape(self.num_envs, -1)
         done = data.get(("next", "done")).squeeze(-1)
-        # done entries after an episode's end are stale copies: valid until first done
+        # entries after an episode's end are its frozen final state: valid until first done
         valid = (done.long().cumsum(-1) - done.long()) == 0
         data.set("valid", valid)
         decisions = int(valid.sum())
         self.last_decisions_per_s = decisions / elapsed
         self.last_env_steps_per_s = decisions * self.chunk_size / elapsed
         return data
+
+    def _loop(self, actor, td: TensorDictBase) -> TensorDict:
+        """Decision loop until every episode is done (or the longest step limit).
+
+        Not ``env.rollout(break_when_all_done=True)``: its partial steps put a
+        per-sub-env ``_step`` mask on the batch, which a ``ParallelEnv`` of
+        batched workers refuses. Suite envs freeze finished episodes (see
+        ``vla_grpo.envs.base``), so stepping the whole batch is safe.
+        """
+        steps = []
+        for _ in range(self.max_decisions):
+            td = self.env.step(actor(td))
+            steps.append(td.exclude("_step"))
+            if td.get(("next", "done")).all():
+                break
+            td = self.env.step_mdp(td)
+        return torch.stack(steps, dim=-1)
+
+
+class _ActiveOnlyActor:
+    """Calls the policy once per decision on the episodes still running.
+
+    Rows of finished episodes get zero actions (the env skips them through its
+    ``_step`` mask); their entries are dropped later by the ``valid`` mask.
+    """
+
+    def __init__(self, policy, greedy: bool, num_envs: int) -> None:
+        self.policy = policy
+        self.greedy = greedy
+        self.num_envs = num_envs
+        self.device = next(policy.parameters()).device
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        shape = td.batch_size
+        flat = td.reshape(self.num_envs)
+        done = flat.get("done", None)
+        active = torch.ones(self.num_envs, dtype=torch.bool) if done is None else ~done.view(-1)
+        sub = flat[active] if not active.all() else flat
+        out = self.policy.act(sub.to(self.device), greedy=self.greedy).to("cpu")
+        actions = out.get(VLA_ACTION_KEY).select("tokens", "log_probs", "chunk")
+        if not active.all():
+            full = TensorDict({k: torch.zeros(self.num_envs, *v.shape[1:], dtype=v.dtype)
+                               for k, v in actions.items()}, batch_size=[self.num_envs])
+            full[active] = actions
+            actions = full
+        flat.set(VLA_ACTION_KEY, actions)
+        flat.set(ACTION_KEY, actions.get("chunk"))
+        return flat.reshape(shape)
 
 
 def split_trajectories(data: TensorDict, *, first_traj_id: int, tokens_per_decision: int) -> list[TensorDict]:
