@@ -53,19 +53,28 @@ def evaluate_items(rollout: GroupedRollout, policy, items: list[EvalItem]) -> li
     return out
 
 
-def evaluate_prompts(rollout: GroupedRollout, policy, items: list[EvalItem]) -> dict[str, tuple[float, int]]:
-    """``{split: (successes, episodes)}`` of greedy episodes for ``items``."""
+def greedy_success(rollout: GroupedRollout, policy, items: list[EvalItem]) -> list[bool]:
+    """:func:`evaluate_items` with the policy in eval mode (its mode is restored after)."""
     was_training = policy.training
     policy.eval()
     try:
-        success = evaluate_items(rollout, policy, items)
+        return evaluate_items(rollout, policy, items)
     finally:
         policy.train(was_training)
+
+
+def split_counts(items: list[EvalItem], success: list[bool]) -> dict[str, tuple[float, int]]:
+    """``{split: (successes, episodes)}`` of per-item outcomes."""
     results: dict[str, tuple[float, int]] = {}
     for item, ok in zip(items, success, strict=False):
         s, c = results.get(item.split, (0.0, 0))
         results[item.split] = (s + float(ok), c + 1)
     return results
+
+
+def evaluate_prompts(rollout: GroupedRollout, policy, items: list[EvalItem]) -> dict[str, tuple[float, int]]:
+    """``{split: (successes, episodes)}`` of greedy episodes for ``items``."""
+    return split_counts(items, greedy_success(rollout, policy, items))
 
 
 def per_task_success(suite: Suite, items: list[EvalItem], success: list[bool]) -> dict[str, float]:
@@ -80,4 +89,7 @@ def per_task_success(suite: Suite, items: list[EvalItem], success: list[bool]) -
     return {name: s / c for name, (s, c) in totals.items()}
 
 
-__all__ = ["EvalItem", "EvalPrompts", "evaluate_items", "evaluate_prompts", "per_task_success"]
+__all__ = [
+    "EvalItem", "EvalPrompts", "evaluate_items", "evaluate_prompts", "greedy_success",
+    "per_task_success", "split_counts",
+]

@@ -26,7 +26,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from vla_grpo.envs.base import Suite
-from vla_grpo.evaluation import EvalPrompts, evaluate_prompts
+from vla_grpo.evaluation import EvalPrompts, greedy_success, split_counts
 from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY, RETURN_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.rollout import (
@@ -288,10 +288,12 @@ class GRPOModule(L.LightningModule):
         return out
 
     # -- evaluation ---------------------------------------------------------------
-    def validation_step(self, batch, batch_idx: int) -> None:
-        results = evaluate_prompts(self.rollout, self.policy, batch)
-        for split, (succ, count) in results.items():
+    def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:
+        success = greedy_success(self.rollout, self.policy, batch)
+        for split, (succ, count) in split_counts(batch, success).items():
             self.log(f"eval/{split}/success", succ / count, batch_size=count,
                      on_step=False, on_epoch=True, sync_dist=True)
+        # per-item outcomes, for callbacks' per-task tables (vla_grpo.callbacks.SplitEvaluation)
+        return {"success": success}
 
     test_step = validation_step
