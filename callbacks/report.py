@@ -1,0 +1,165 @@
+"""Per-task success tables and success-vs-step plots (``EvalReport``).
+
+After each :class:`~vla_grpo.callbacks.SplitEvaluation` evaluation, rank 0
+rewrites ``eval_per_task.csv`` (every evaluation so far, one row per task),
+logs the latest table as TensorBoard text (``eval/per_task``) and redraws
+``eval_curve.png``: success vs GRPO step per split, beside a task x step
+heatmap. The history is kept in checkpoints, so a resumed run keeps its curve.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+
+from .split_eval import FIT, SplitEvalListener, SplitResult, run_dir
+
+CSV_NAME = "eval_per_task.csv"
+PLOT_NAME = "eval_curve.png"
+CSV_FIELDS = ("step", "stage", "split", "task", "successes", "episodes", "success")
+
+
+def result_rows(result: SplitResult) -> list[dict]:
+    """One CSV row per (split, task) of an evaluation."""
+    return [
+        {"step": result.step, "stage": result.stage, "split": split, "task": task,
+         "successes": succ, "episodes": eps, "success": round(succ / max(eps, 1), 4)}
+        for split, tasks in result.counts.items()
+        for task, (succ, eps) in tasks.items()
+    ]
+
+
+def write_csv(history: list[SplitResult], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for result in history:
+            writer.writerows(result_rows(result))
+
+
+def result_markdown(result: SplitResult) -> str:
+    """A markdown table of the evaluation (TensorBoard renders text summaries as markdown)."""
+    lines = [f"step {result.step} ({result.stage})", "", "| split | task | success | episodes |",
+             "|---|---|---:|---:|"]
+    rates = result.split_success()
+    for split, tasks in result.counts.items():
+        lines.append(f"| **{split}** | **all** | **{rates[split]:.3f}** | {sum(e for _, e in tasks.values())} |")
+        lines += [f"| {split} | {t} | {s / max(e, 1):.3f} | {e} |" for t, (s, e) in tasks.items()]
+    return "\n".join(lines)
+
+
+def _curve_axes(ax, history: list[SplitResult]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    steps = [r.step for r in history]
+    splits = list(dict.fromkeys(s for r in history for s in r.counts))
+    for split in splits:
+        xs = [st for st, r in zip(steps, history, strict=True) if split in r.counts]
+        ys = [r.split_success()[split] for r in history if split in r.counts]
+        style = "-" if split == "train" else "--"
+        episodes = sum(e for _, e in history[-1].counts.get(split, {}).values())
+        ax.plot(xs, ys, style, marker="o", lw=2, ms=4, label=f"{split} ({episodes} episodes)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("greedy success rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("success vs step, per split (- seen, -- unseen)", fontsize=10)
+
+
+def _heatmap_axes(fig, ax, history: list[SplitResult]) -> None:
+    import numpy as np
+
+    rows = list(dict.fromkeys((s, t) for r in history for s, ts in r.counts.items() for t in ts))
+    grid = np.full((len(rows), len(history)), np.nan)
+    for j, result in enumerate(history):
+        rates = result.task_success()
+        for i, (split, task) in enumerate(rows):
+            grid[i, j] = rates.get(split, {}).get(task, np.nan)
+    im = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(rows)), [f"{s} · {t}" for s, t in rows], fontsize=7)
+    every = max(1, len(history) // 10)
+    ax.set_xticks(range(0, len(history), every), [str(r.step) for r in history][::every], fontsize=7)
+    ax.set_xlabel("GRPO step")
+    ax.set_title("per-task greedy success", fontsize=10)
+    if grid.size <= 150:
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+
+
+def plot_history(history: list[SplitResult], path: Path, title: str | None = None) -> None:
+    """Success vs step per split, beside a task x step heatmap, as a PNG.
+
+    Uses matplotlib's object API with the Agg canvas: no global backend switch,
+    safe in headless training processes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = len({(s, t) for r in history for s, ts in r.counts.items() for t in ts})
+    fig = Figure(figsize=(12, max(4.0, 0.22 * tasks + 1.5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    curve, heat = fig.subplots(1, 2, width_ratios=[1, 1.2])
+    _curve_axes(curve, history)
+    _heatmap_axes(fig, heat, history)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+class EvalReport(SplitEvalListener):
+    """Per-task CSV, TensorBoard text table and a success-vs-step PNG, after each evaluation.
+
+    Files go to ``dirpath`` (default ``<run dir>/eval``): ``eval_per_task.csv``
+    and ``eval_curve.png`` (curves from the ``fit`` evaluations; from all of
+    them when there are none, e.g. after ``validate``).
+
+    Args:
+        dirpath: where the CSV and PNG go.
+        plot: draw the PNG.
+        tensorboard_text: log the table as TensorBoard text.
+        title: the plot's title (``None``: the module and suite names).
+    """
+
+    def __init__(self, dirpath: str | None = None, plot: bool = True, tensorboard_text: bool = True,
+                 title: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.plot = plot
+        self.tensorboard_text = tensorboard_text
+        self.title = title
+        self.history: list[SplitResult] = []
+
+    def csv_path(self, trainer: L.Trainer) -> Path:
+        return run_dir(trainer, self.dirpath) / CSV_NAME
+
+    def plot_path(self, trainer: L.Trainer) -> Path:
+        return run_dir(trainer, self.dirpath) / PLOT_NAME
+
+    def on_split_evaluation_end(self, trainer: L.Trainer, pl_module, result: SplitResult) -> None:
+        # one entry per (stage, step): an evaluation repeated at a step replaces the older one
+        self.history = [r for r in self.history if (r.stage, r.step) != (result.stage, result.step)]
+        self.history.append(result)
+        if not trainer.is_global_zero:
+            return
+        write_csv(self.history, self.csv_path(trainer))
+        if self.tensorboard_text:
+            for logger in trainer.loggers:
+                if hasattr(getattr(logger, "experiment", None), "add_text"):
+                    logger.experiment.add_text("eval/per_task", result_markdown(result), result.step)
+        if self.plot:
+            fit = sorted((r for r in self.history if r.stage == FIT), key=lambda r: r.step)
+            suite = getattr(getattr(pl_module, "suite", None), "name", "")
+            title = self.title or f"{type(pl_module).__name__} on {suite}: greedy eval"
+            plot_history(fit or self.history, self.plot_path(trainer), title)
+
+    def state_dict(self) -> dict:
+        return {"history": [r.to_dict() for r in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [SplitResult.from_dict(d) for d in state_dict.get("history", [])]

@@ -1,0 +1,389 @@
+"""Greedy evaluation on the seen (train) and unseen splits, per task.
+
+:class:`SplitEvaluation` produces one :class:`SplitResult` per evaluation,
+logs ``eval/<split>/success`` and ``eval/<split>/<task>``, prints a per-task
+table after ``validate``/``test`` and at the end of ``fit``, and hands the
+result to every callback that defines ``on_split_evaluation_end`` (the
+:class:`SplitEvalListener` subclasses :class:`~vla_grpo.callbacks.EvalVideo` and
+:class:`~vla_grpo.callbacks.EvalReport`).
+
+An evaluation happens
+
+* whenever Lightning validates or tests (``trainer.val_check_interval`` GRPO
+  steps during ``fit``, ``python -m vla_grpo validate``): the module's
+  ``validation_step`` returns each episode's success, the callback only counts
+  them per task (a module that returns nothing gets its batch re-evaluated);
+* at fit start and fit end, and every ``every_n_steps`` training steps if set:
+  the callback runs the greedy episodes itself on ``pl_module.rollout``.
+
+``--trainer.limit_val_batches=0`` (Lightning's switch for "no validation")
+turns both off. Under DDP both ways shard the episodes by rank (Lightning's
+``DistributedSampler`` for the val loop, ``items[rank::world_size]`` here) and
+all-reduce the per-task counts, so every rank logs the same numbers. The val
+loop's sampler pads its last shard by repeating episodes, which can count a few
+episodes twice; the callback's own evaluations count each exactly once.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from vla_grpo.envs.base import Suite
+
+from vla_grpo.evaluation import EvalItem, EvalPrompts, greedy_success
+
+FIT = "fit"
+
+
+def task_label(split: str, task_name: str) -> str:
+    """A task's name without its split's prefix (``train/red`` -> ``red`` in ``train``)."""
+    prefix = f"{split}/"
+    return task_name[len(prefix):] if task_name.startswith(prefix) else task_name
+
+
+@dataclass
+class SplitResult:
+    """The outcome of one evaluation.
+
+    Attributes:
+        step: the trainer's global step (GRPO steps) at evaluation time.
+        stage: ``fit``, ``validate`` or ``test``.
+        counts: ``{split: {task: (successes, episodes)}}`` in suite order.
+    """
+
+    step: int
+    stage: str
+    counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_task_counts(cls, suite: Suite, counts: torch.Tensor, step: int, stage: str) -> SplitResult:
+        """From a ``[num_tasks, 2]`` (successes, episodes) tensor in ``suite.all_tasks()`` order."""
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for task, (succ, eps) in zip(suite.all_tasks(), counts.tolist(), strict=True):
+            if eps > 0:
+                out.setdefault(task.split, {})[task_label(task.split, task.name)] = (round(succ), round(eps))
+        return cls(step=step, stage=stage, counts=out)
+
+    def split_success(self) -> dict[str, float]:
+        """Success rate of each split over all its episodes."""
+        out = {}
+        for split, tasks in self.counts.items():
+            succ, eps = (sum(v) for v in zip(*tasks.values(), strict=True))
+            out[split] = succ / eps
+        return out
+
+    def task_success(self) -> dict[str, dict[str, float]]:
+        """``{split: {task: success rate}}``."""
+        return {split: {t: s / max(e, 1) for t, (s, e) in tasks.items()} for split, tasks in self.counts.items()}
+
+    def episodes(self) -> int:
+        return sum(e for tasks in self.counts.values() for _, e in tasks.values())
+
+    def metrics(self, per_split: bool = True) -> dict[str, float]:
+        """``eval/<split>/success`` (if ``per_split``) and ``eval/<split>/<task>``."""
+        out = {}
+        if per_split:
+            out.update({f"eval/{split}/success": v for split, v in self.split_success().items()})
+        for split, tasks in self.task_success().items():
+            out.update({f"eval/{split}/{task}": v for task, v in tasks.items()})
+        return out
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "stage": self.stage,
+                "counts": {s: {t: list(v) for t, v in ts.items()} for s, ts in self.counts.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SplitResult:
+        counts = {s: {t: tuple(v) for t, v in ts.items()} for s, ts in d["counts"].items()}
+        return cls(step=int(d["step"]), stage=str(d["stage"]), counts=counts)
+
+
+def count_by_task(suite: Suite, items: list[EvalItem], success: list[bool]) -> torch.Tensor:
+    """``[num_tasks, 2]`` float64 (successes, episodes), the layout every rank all-reduces."""
+    counts = torch.zeros(len(suite.all_tasks()), 2, dtype=torch.float64)
+    for item, ok in zip(items, success, strict=True):
+        counts[item.prompt.task_index, 0] += float(ok)
+        counts[item.prompt.task_index, 1] += 1.0
+    return counts
+
+
+def run_dir(trainer: L.Trainer, dirpath: str | None, sub: str = "eval") -> Path:
+    """``dirpath`` if given, else ``<logger's run dir>/<sub>`` (``default_root_dir`` without logger)."""
+    if dirpath is not None:
+        return Path(dirpath)
+    return Path(trainer.log_dir or trainer.default_root_dir) / sub
+
+
+def result_table(result: SplitResult, caption: str | None = None):
+    """A ``rich`` table: one section per split, its overall success first, then its tasks."""
+    from rich.table import Table
+
+    # outside fit the trainer's step is 0, not the checkpoint's: leave it out
+    at = f", step {result.step}" if result.stage == FIT else ""
+    title = f"greedy eval ({result.stage}{at}, {result.episodes()} episodes)"
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for name, justify in (("split", "left"), ("task", "left"), ("success", "right"), ("episodes", "right")):
+        table.add_column(name, justify=justify)
+    rates = result.split_success()
+    for split, tasks in result.counts.items():
+        table.add_row(f"[bold]{split}[/]", "[bold]all[/]", f"[bold]{rates[split]:.3f}[/]",
+                      str(sum(e for _, e in tasks.values())))
+        for i, (task, (succ, eps)) in enumerate(tasks.items()):
+            table.add_row("", task, f"{succ / max(eps, 1):.3f}", str(eps), end_section=i == len(tasks) - 1)
+    return table
+
+
+def print_result(result: SplitResult, caption: str | None = None) -> None:
+    """Prints the per-task table on rich's global console.
+
+    The global console is the one Lightning's rich progress bar draws on, so the
+    table lands above a live bar instead of being redrawn with it.
+    """
+    from rich import get_console
+
+    get_console().print(result_table(result, caption))
+
+
+@contextlib.contextmanager
+def eval_progress(trainer: L.Trainer | None, total: int):
+    """Yields ``update(episodes, success_so_far)`` for a progress display of ``total`` episodes.
+
+    A task on Lightning's rich progress bar while it is live (a second live
+    display would fight it), else a tqdm bar; nothing without a ``trainer`` or
+    when the trainer shows no progress bar.
+    """
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = trainer.progress_bar_callback if trainer is not None else None
+    if bar is None or not bar.is_enabled:
+        yield lambda n, rate: None
+    elif isinstance(bar, RichProgressBar) and bar.progress is not None and bar.progress.live.is_started:
+        progress = bar.progress
+        task = progress.add_task("greedy eval", total=total)
+
+        def update(n: int, rate: float) -> None:
+            progress.update(task, advance=n, description=f"greedy eval, success {rate:.3f}")
+            progress.refresh()  # the bar auto-refreshes about once a second: show each batch
+
+        try:
+            yield update
+        finally:
+            progress.remove_task(task)
+    else:
+        yield from _tqdm_progress(total)
+
+
+def annotate_eval_bar(trainer: L.Trainer, episodes: int, rate: float) -> None:
+    """Adds episodes done and success so far to Lightning's validation/test progress bar."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    bar, testing = trainer.progress_bar_callback, trainer.testing
+    if bar is None or not bar.is_enabled or trainer.sanity_checking:
+        return
+    text = f"{episodes} episodes, success {rate:.3f}"
+    if isinstance(bar, RichProgressBar) and bar.progress is not None:
+        task = bar.test_progress_bar_id if testing else bar.val_progress_bar_id
+        if task is not None:
+            bar.progress.update(task, description=f"{'Testing' if testing else 'Validation'}: {text}")
+    elif isinstance(bar, TQDMProgressBar):
+        (bar.test_progress_bar if testing else bar.val_progress_bar).set_postfix_str(text)
+
+
+def _tqdm_progress(total: int):
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc="greedy eval", unit="episode", leave=False, dynamic_ncols=True) as tq:
+        def update(n: int, rate: float) -> None:
+            tq.update(n)
+            tq.set_postfix(success=f"{rate:.3f}")
+
+        yield update
+
+
+class SplitEvaluation(Callback):
+    """Greedy success on every split and task, logged, tabulated and handed on.
+
+    Args:
+        every_n_steps: also evaluate every this many training steps (``None``:
+            only when Lightning validates, at ``trainer.val_check_interval``;
+            don't set both to the same period, or those steps are evaluated twice).
+        states_per_task: initial states ``0..n-1`` per task in the callback's own
+            evaluations (``None``: the module's ``eval_states_per_task``, so every
+            point of the curve uses the same episodes).
+        splits: splits of the callback's own evaluations (``None``: the module's
+            ``eval_splits``, else every split of the suite).
+        at_fit_start: evaluate before the first training step (step 0).
+        at_fit_end: evaluate after the last step unless that step was just evaluated.
+        print_table: print the per-task table (rank 0) after validate/test and fit.
+        progress: show a progress bar (episodes done, success so far) in the
+            callback's own evaluations, when the trainer shows progress bars.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        states_per_task: int | None = None,
+        splits: list[str] | None = None,
+        at_fit_start: bool = True,
+        at_fit_end: bool = True,
+        print_table: bool = True,
+        progress: bool = True,
+    ) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"`SplitEvaluation.every_n_steps` must be >= 1 or null (got {every_n_steps})")
+        if states_per_task is not None and states_per_task < 1:
+            raise ValueError(f"`SplitEvaluation.states_per_task` must be >= 1 or null (got {states_per_task})")
+        self.every_n_steps = every_n_steps
+        self.states_per_task = states_per_task
+        self.splits = list(splits) if splits else None
+        self.at_fit_start = at_fit_start
+        self.at_fit_end = at_fit_end
+        self.print_table = print_table
+        self.progress = progress
+        self.results: list[SplitResult] = []
+        self._batch_items: list[EvalItem] = []
+        self._batch_success: list[bool] = []
+        self._warned: set[str] = set()
+
+    @property
+    def last(self) -> SplitResult | None:
+        """The latest evaluation's result."""
+        return self.results[-1] if self.results else None
+
+    # -- the callback's own evaluations ----------------------------------------------
+    def eval_items(self, pl_module) -> list[EvalItem]:
+        """The episodes of one evaluation: each split's tasks x states ``0..n-1``."""
+        hparams = getattr(pl_module, "hparams", {}) or {}
+        states = self.states_per_task or hparams.get("eval_states_per_task") or 8
+        splits = self.splits or hparams.get("eval_splits") or pl_module.suite.splits
+        return EvalPrompts(pl_module.suite, list(splits), int(states)).items
+
+    def evaluate(self, pl_module, items: list[EvalItem] | None = None, *, rank: int = 0,
+                 world_size: int = 1, trainer: L.Trainer | None = None) -> tuple[list[EvalItem], list[bool]]:
+        """Greedy success of this rank's shard of ``items`` (default :meth:`eval_items`).
+
+        Runs on ``pl_module.rollout`` with ``pl_module.policy``, one rollout batch
+        of ``rollout.num_envs`` episodes at a time; with a ``trainer`` (and
+        ``progress``) it shows episodes done and success so far. Returns ``(shard, success)``.
+        """
+        shard = (items if items is not None else self.eval_items(pl_module))[rank::world_size]
+        rollout, success = pl_module.rollout, []
+        show = self.progress and trainer is not None and trainer.is_global_zero
+        with eval_progress(trainer if show else None, len(shard)) as update:
+            for start in range(0, len(shard), rollout.num_envs):
+                chunk = shard[start:start + rollout.num_envs]
+                success.extend(greedy_success(rollout, pl_module.policy, chunk))
+                update(len(chunk), sum(success) / len(success))
+        return shard, success
+
+    def _own_evaluation(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.limit_val_batches == 0:  # Lightning's "no validation" switch turns these off too
+            return
+        if getattr(pl_module, "rollout", None) is None:
+            self._warn_once("no_rollout", "SplitEvaluation needs `pl_module.rollout` (a GroupedRollout); skipped")
+            return
+        items, success = self.evaluate(pl_module, rank=trainer.global_rank,
+                                       world_size=trainer.world_size, trainer=trainer)
+        self._finish(trainer, pl_module, items, success, log_splits=True)
+
+    # -- shared tail: reduce, log, print, hand on ------------------------------------
+    def _finish(self, trainer: L.Trainer, pl_module, items: list[EvalItem], success: list[bool],
+                log_splits: bool) -> SplitResult:
+        counts = count_by_task(pl_module.suite, items, success)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        result = SplitResult.from_task_counts(pl_module.suite, counts, trainer.global_step, stage)
+        self.results.append(result)
+        # the module logs its own val-loop split means; only the callback's own evals add them
+        metrics = result.metrics(per_split=log_splits)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.print_table and stage != FIT and trainer.is_global_zero:
+            print_result(result, f"checkpoint: {Path(trainer.ckpt_path).name}" if trainer.ckpt_path else None)
+        for cb in trainer.callbacks:
+            hook = getattr(cb, "on_split_evaluation_end", None)
+            if cb is not self and callable(hook):
+                hook(trainer, pl_module, result)
+        return result
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    def _last_fit_step(self) -> int | None:
+        steps = [r.step for r in self.results if r.stage == FIT]
+        return steps[-1] if steps else None
+
+    # -- fit schedule ------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.at_fit_start:
+            self._own_evaluation(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_fit_step():
+            self._own_evaluation(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.at_fit_end and self._last_fit_step() != trainer.global_step:
+            self._own_evaluation(trainer, pl_module)
+        if self.print_table and self.last is not None and trainer.is_global_zero:
+            print_result(self.last)
+
+    # -- the val/test loop: count the module's outcomes per task -----------------------
+    def _collect(self, trainer: L.Trainer, pl_module, outputs, batch) -> None:
+        if trainer.sanity_checking:
+            return
+        success = outputs.get("success") if isinstance(outputs, Mapping) else None
+        if success is None:
+            # a module whose validation_step returns no per-episode outcomes: re-run its batch
+            self._warn_once("no_outputs", f"{type(pl_module).__name__}.validation_step returns no "
+                                          "'success' list; SplitEvaluation re-evaluates its batches")
+            success = greedy_success(pl_module.rollout, pl_module.policy, batch)
+        self._batch_items.extend(batch)
+        self._batch_success.extend(bool(s) for s in success)
+        if self.progress and trainer.is_global_zero:
+            done = len(self._batch_success)
+            annotate_eval_bar(trainer, done, sum(self._batch_success) / max(done, 1))
+
+    def _flush(self, trainer: L.Trainer, pl_module) -> None:
+        items, success = self._batch_items, self._batch_success
+        self._batch_items, self._batch_success = [], []
+        if not trainer.sanity_checking:
+            self._finish(trainer, pl_module, items, success, log_splits=False)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._flush(trainer, pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, outputs, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._flush(trainer, pl_module)
+
+
+class SplitEvalListener(Callback):
+    """Base of callbacks that act on :class:`SplitEvaluation`'s results.
+
+    Subclasses implement :meth:`on_split_evaluation_end`; without a
+    ``SplitEvaluation`` in the trainer they warn once and do nothing.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if not any(isinstance(cb, SplitEvaluation) for cb in trainer.callbacks):
+            rank_zero_warn(f"{type(self).__name__} acts on SplitEvaluation's results and the trainer "
+                           "has no SplitEvaluation callback: it will do nothing")
+
+    def on_split_evaluation_end(self, trainer: L.Trainer, pl_module, result: SplitResult) -> None:
+        """Called on every rank after each evaluation, with the all-reduced result."""

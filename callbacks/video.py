@@ -1,0 +1,192 @@
+"""Videos of a few greedy eval episodes per split (``EvalVideo``).
+
+After each :class:`~vla_grpo.callbacks.SplitEvaluation` evaluation, rank 0
+re-runs the first ``episodes_per_split`` greedy episodes of every split (greedy
+rollouts are deterministic, so they are the evaluated episodes) and writes one
+animated GIF per split, the episodes side by side: each tile is captioned with
+its task, framed grey while the episode runs and green (success) or red
+(failure) from its last step on. GIF because no mp4 encoder ships with the
+environment (imageio-ffmpeg / PyAV are not installed). The same GIF goes to
+TensorBoard as a video (``add_video`` when moviepy is installed, else the
+encoded GIF as an image summary, which is what ``add_video`` writes).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from vla_grpo.envs.base import Suite
+
+from vla_grpo.keys import IMAGE_KEY, SUCCESS_KEY
+from vla_grpo.rollout import Prompt
+
+from .split_eval import SplitEvalListener, SplitResult, run_dir, task_label
+
+_GREEN, _RED, _GREY = (40, 200, 70), (220, 40, 40), (110, 110, 110)
+
+
+@dataclass
+class Episode:
+    """One recorded episode: ``frames`` uint8 ``[T, H, W, 3]`` (first to last observation)."""
+
+    split: str
+    task: str
+    frames: np.ndarray
+    success: bool
+
+
+@contextlib.contextmanager
+def _eval_mode(policy):
+    was_training = policy.training
+    policy.eval()
+    try:
+        yield
+    finally:
+        policy.train(was_training)
+
+
+def video_prompts(suite: Suite, split: str, k: int) -> list[Prompt]:
+    """The first ``k`` episodes of a split, state-major (every task's state 0, then state 1, ...)."""
+    tasks = suite.tasks(split)
+    out = [Prompt(suite.task_index(t.name), s) for s in range(k) for t in tasks if s < t.num_init_states]
+    return out[:k]
+
+
+def record_episodes(rollout, policy, suite: Suite, requests: list[tuple[str, Prompt]]) -> list[Episode]:
+    """Greedy episodes for ``(split, prompt)`` requests, in rollout batches of ``rollout.num_envs``."""
+    n, tasks, out = rollout.num_envs, suite.all_tasks(), []
+    with _eval_mode(policy):
+        for start in range(0, len(requests), n):
+            chunk = requests[start:start + n]
+            prompts = [p for _, p in chunk]
+            data = rollout.run(policy, prompts + [prompts[-1]] * (n - len(prompts)), list(range(n)), greedy=True)
+            for i, (split, prompt) in enumerate(chunk):
+                length = int(data.get("valid")[i].sum())
+                first = data.get(IMAGE_KEY)[i, :length]
+                last = data.get(("next", *IMAGE_KEY))[i, length - 1:length]
+                frames = torch.cat([first, last]).permute(0, 2, 3, 1).contiguous().numpy()
+                success = bool(data.get(("next", SUCCESS_KEY))[i, :length].any())
+                name = task_label(split, tasks[prompt.task_index].name)
+                out.append(Episode(split, name, frames, success))
+    return out
+
+
+def _tile(frame: np.ndarray, scale: int, border: int, colour: tuple[int, int, int], caption: str,
+          caption_h: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = frame.repeat(scale, 0).repeat(scale, 1)
+    h, w = img.shape[:2]
+    out = np.zeros((h + 2 * border + caption_h, w + 2 * border, 3), dtype=np.uint8)
+    out[caption_h:] = colour
+    out[caption_h + border:caption_h + border + h, border:border + w] = img
+    canvas = Image.fromarray(out)
+    ImageDraw.Draw(canvas).text((3, 2), caption, fill=colour if colour != _GREY else (230, 230, 230))
+    return np.asarray(canvas)
+
+
+def compose_clip(episodes: list[Episode], *, tile_size: int = 128, border: int = 4,
+                 hold_frames: int = 4) -> np.ndarray:
+    """The episodes side by side as one clip ``[T, H, W, 3]``.
+
+    Shorter episodes hold their last frame; the last frame is held another
+    ``hold_frames`` frames so the outcome stays readable before the GIF loops.
+    """
+    length = max(len(e.frames) for e in episodes) + hold_frames
+    scale = max(1, tile_size // episodes[0].frames.shape[1])
+    chars = max(8, episodes[0].frames.shape[2] * scale // 6)  # PIL's default font: ~6 px a glyph
+    clip = []
+    for t in range(length):
+        tiles = []
+        for ep in episodes:
+            done = t >= len(ep.frames) - 1
+            colour = (_GREEN if ep.success else _RED) if done else _GREY
+            verdict = (" ok" if ep.success else " fail") if done else ""
+            caption = ep.task[: chars - len(verdict)] + verdict
+            tiles.append(_tile(ep.frames[min(t, len(ep.frames) - 1)], scale, border, colour, caption, 14))
+        clip.append(np.concatenate(tiles, axis=1))
+    return np.stack(clip)
+
+
+def write_gif(clip: np.ndarray, path: Path, fps: float) -> bytes:
+    """Writes ``clip`` as a looping GIF at ``path``; returns its bytes."""
+    import imageio.v3 as iio
+
+    data = iio.imwrite("<bytes>", clip, extension=".gif", duration=1000.0 / fps, loop=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def log_video(logger, tag: str, clip: np.ndarray, gif: bytes, step: int, fps: float) -> bool:
+    """A clip on a TensorBoard logger; False if the logger has no TensorBoard writer."""
+    writer = getattr(logger, "experiment", None)
+    if writer is None or not hasattr(writer, "add_video"):
+        return False
+    if importlib.util.find_spec("moviepy") is not None:
+        video = torch.from_numpy(clip).permute(0, 3, 1, 2).unsqueeze(0)  # [1, T, C, H, W]
+        writer.add_video(tag, video, global_step=step, fps=fps)
+        return True
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    # add_video's own output without moviepy: an image summary holding the encoded GIF
+    image = Summary.Image(height=clip.shape[1], width=clip.shape[2], colorspace=3, encoded_image_string=gif)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    return True
+
+
+class EvalVideo(SplitEvalListener):
+    """A GIF per split of a few greedy eval episodes, after each evaluation.
+
+    Files go to ``<dirpath>/step_<step>/<split>.gif`` (default dir
+    ``<run dir>/eval/videos``) and to TensorBoard as ``eval_video/<split>``.
+
+    Args:
+        episodes_per_split: episodes shown per split (tasks first, then more states).
+        splits: splits to film (``None``: every split the evaluation covered).
+        every_n_evals: film every this many evaluations (validate/test always).
+        fps: frames (policy decisions) per second.
+        tile_size: approximate pixel side of one episode's tile (images are upscaled).
+        dirpath: where the GIFs go.
+        tensorboard: also log the clips to TensorBoard loggers.
+    """
+
+    def __init__(self, episodes_per_split: int = 4, splits: list[str] | None = None, every_n_evals: int = 1,
+                 fps: float = 4.0, tile_size: int = 128, dirpath: str | None = None,
+                 tensorboard: bool = True) -> None:
+        if episodes_per_split < 1:
+            raise ValueError(f"`EvalVideo.episodes_per_split` must be >= 1 (got {episodes_per_split})")
+        if every_n_evals < 1:
+            raise ValueError(f"`EvalVideo.every_n_evals` must be >= 1 (got {every_n_evals})")
+        self.episodes_per_split = episodes_per_split
+        self.splits = list(splits) if splits else None
+        self.every_n_evals = every_n_evals
+        self.fps = fps
+        self.tile_size = tile_size
+        self.dirpath = dirpath
+        self.tensorboard = tensorboard
+        self.written: list[Path] = []
+        self._evals = 0
+
+    def on_split_evaluation_end(self, trainer: L.Trainer, pl_module, result: SplitResult) -> None:
+        self._evals += 1
+        due = result.stage != "fit" or (self._evals - 1) % self.every_n_evals == 0
+        if not (due and trainer.is_global_zero and getattr(pl_module, "rollout", None) is not None):
+            return
+        splits = [s for s in (self.splits or list(result.counts)) if s in pl_module.suite.splits]
+        requests = [(s, p) for s in splits for p in video_prompts(pl_module.suite, s, self.episodes_per_split)]
+        episodes = record_episodes(pl_module.rollout, pl_module.policy, pl_module.suite, requests)
+        out_dir = run_dir(trainer, self.dirpath, "eval/videos") / f"step_{result.step:06d}"
+        for split in splits:
+            clip = compose_clip([e for e in episodes if e.split == split], tile_size=self.tile_size)
+            path = out_dir / f"{split}.gif"
+            gif = write_gif(clip, path, self.fps)
+            self.written.append(path)
+            if self.tensorboard:
+                for logger in trainer.loggers:
+                    log_video(logger, f"eval_video/{split}", clip, gif, result.step, self.fps)
