@@ -10,6 +10,7 @@ group-normalised advantage ``(R - mean) / std`` on every decision.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
@@ -97,38 +98,50 @@ class PromptSampler:
 class SuccessAwarePromptSampler(PromptSampler):
     """Draws prompts likely to give *mixed* groups more often.
 
-    Keeps a decayed success count per prompt; with ``p`` its posterior-mean
-    success rate (Beta(1, 1) prior) a group of G is mixed with probability
-    ``1 - p^G - (1-p)^G``. Prompts are drawn in proportion to that plus a
-    ``floor`` (so solved and hopeless prompts are still revisited), without
-    replacement within a draw. Unseen prompts have ``p = 0.5``: explored first.
+    Per prompt it tracks, with exponential forgetting (``decay`` per visit),
+    the recent success rate and the recent rate of mixed groups, the latter
+    starting from one optimistic "mixed" pseudo-observation so unseen prompts
+    are tried first. Prompts are drawn in proportion to the mixed rate plus a
+    ``floor`` (solved and hopeless prompts are still revisited now and then,
+    since the policy changes), without replacement within a draw.
+
+    Why the observed mixed rate and not ``1 - p^G - (1-p)^G`` of an estimated
+    success rate ``p``: near 0 or 1 that formula is dominated by the prior (a
+    prompt solved 40/40 times still gets ``p`` ~ 0.98 and a ~15% mixed chance),
+    so it keeps drawing solved prompts; the mixed rate falls off geometrically.
 
     Args:
         group_size: G.
-        decay: weight kept by old outcomes each time a prompt is rolled out again.
+        decay: weight kept by a prompt's old outcomes each time it is rolled out.
         floor: minimum weight of any prompt.
     """
 
-    def __init__(self, suite: Suite, *, group_size: int, decay: float = 0.5, floor: float = 0.05,
+    def __init__(self, suite: Suite, *, group_size: int, decay: float = 0.7, floor: float = 0.02,
                  rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         super().__init__(suite, rank=rank, world_size=world_size, seed=seed)
         self.group_size = group_size
         self.decay = decay
         self.floor = floor
-        self.successes = torch.zeros(len(self.prompts))
-        self.trials = torch.zeros(len(self.prompts))
+        n = len(self.prompts)
+        self.successes, self.trials = torch.zeros(n), torch.zeros(n)
+        self.mixed, self.visits = torch.ones(n), torch.ones(n)
+
+    def success_rate(self) -> torch.Tensor:
+        """Recent success rate of every prompt (0.5 for unseen ones)."""
+        return (self.successes + 1) / (self.trials + 2)
 
     def weights(self) -> torch.Tensor:
-        p = (self.successes + 1) / (self.trials + 2)
-        mixed = 1 - p.pow(self.group_size) - (1 - p).pow(self.group_size)
-        return mixed + self.floor
+        return self.mixed / self.visits + self.floor
 
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
         i = self.index.get(prompt)
         if i is None:
             return
-        self.successes[i] = self.decay * self.successes[i] + successes
-        self.trials[i] = self.decay * self.trials[i] + trials
+        d = self.decay
+        self.successes[i] = d * self.successes[i] + successes
+        self.trials[i] = d * self.trials[i] + trials
+        self.mixed[i] = d * self.mixed[i] + float(0 < successes < trials)
+        self.visits[i] = d * self.visits[i] + 1
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
@@ -176,15 +189,12 @@ class GroupedRollout:
         if self.num_workers == 1:
             return self.suite.make_env(self.num_envs, chunk_size=self.chunk_size, seed=self.seed)
         per_worker = self.num_envs // self.num_workers
-        env = ParallelEnv(
+        return _TimedParallelEnv(
             self.num_workers,
             functools.partial(self.suite.make_env, per_worker, chunk_size=self.chunk_size),
             create_env_kwargs=[{"seed": self.seed + i} for i in range(self.num_workers)],
-            num_threads=1, num_sub_threads=1,
+            num_threads=1, num_sub_threads=1, worker_timeout_s=self.worker_timeout_s,
         )
-        # ParallelEnv raises when a worker does not answer within this many seconds
-        env.BATCHED_PIPE_TIMEOUT = self.worker_timeout_s
-        return env
 
     @property
     def worker_pids(self) -> list[int]:
@@ -196,10 +206,11 @@ class GroupedRollout:
         try:
             if not self.env.is_closed:
                 self.env.close(raise_if_closed=False)
-        except Exception:  # a dead worker can make a clean close fail: kill what is left
+        except Exception:  # a dead worker makes a clean close fail: kill what is left
             for w in getattr(self.env, "_workers", None) or []:
-                if w.is_alive():
-                    w.kill()
+                with contextlib.suppress(ValueError):  # ValueError: already closed
+                    if w.is_alive():
+                        w.kill()
 
     def _restart(self, err: BaseException) -> None:
         self.restarts += 1
@@ -272,6 +283,23 @@ class GroupedRollout:
                 break
             td = self.env.step_mdp(td)
         return torch.stack(steps, dim=-1)
+
+
+class _TimedParallelEnv(ParallelEnv):
+    """``ParallelEnv`` with a per-instance worker timeout.
+
+    ParallelEnv reads its timeout from the process-wide ``BATCHED_PIPE_TIMEOUT``
+    (default 10,000 s) when the workers start, overwriting any instance value;
+    a hung simulator would stall training for hours.
+    """
+
+    def __init__(self, *args, worker_timeout_s: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._worker_timeout_s = worker_timeout_s
+
+    def _start_workers(self) -> None:
+        super()._start_workers()
+        self.BATCHED_PIPE_TIMEOUT = self._worker_timeout_s
 
 
 class _ActiveOnlyActor:

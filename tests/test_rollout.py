@@ -1,0 +1,194 @@
+"""Rollout engine: grouped resets, masks, dynamic sampling, worker failures, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import make_trajectory
+from vla_grpo.envs.tabletop import TabletopSuite
+from vla_grpo.envs.toy import ToyReachSuite
+from vla_grpo.keys import GROUP_ID_KEY, RETURN_KEY, TRAJ_TOKENS_KEY
+from vla_grpo.policies.tiny import TinyVLAPolicy
+from vla_grpo.rollout import (
+    DynamicSamplingBuffer,
+    GroupedRollout,
+    Prompt,
+    PromptSampler,
+    SuccessAwarePromptSampler,
+    split_trajectories,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _toy_policy(seed: int = 0) -> TinyVLAPolicy:
+    torch.manual_seed(seed)
+    return TinyVLAPolicy(action_dim=2, chunk_size=4, state_dim=6, image_size=16, hidden_dim=32,
+                         vocab_size=32, temperature=1.6)
+
+
+def test_group_members_start_from_the_same_state():
+    suite = TabletopSuite(image_size=32)
+    torch.manual_seed(0)
+    policy = TinyVLAPolicy(action_dim=7, chunk_size=8, state_dim=suite.state_dim, image_size=32, hidden_dim=32)
+    rollout = GroupedRollout(suite, num_envs=6, chunk_size=8)
+    try:
+        prompts = [Prompt(0, 3)] * 3 + [Prompt(0, 7)] * 3
+        data = rollout.run(policy, prompts, [0, 0, 0, 1, 1, 1])
+    finally:
+        rollout.close()
+    first = data[:, 0]["observation", "image"]
+    state = data[:, 0]["observation", "state"]
+    for group in (slice(0, 3), slice(3, 6)):
+        assert (first[group] == first[group][:1]).all() and (state[group] == state[group][:1]).all()
+    assert not torch.equal(first[0], first[3])  # another initial state is another scene
+    assert (data[:, 0][GROUP_ID_KEY].view(-1) == torch.tensor([0, 0, 0, 1, 1, 1])).all()
+    # sampled at temperature 1.6: the G members act differently from the same state
+    tokens = data[:, 0]["vla_action", "tokens"]
+    assert not torch.equal(tokens[0], tokens[1])
+
+
+def test_lengths_and_masks_when_episodes_end_at_different_steps():
+    suite = ToyReachSuite()
+    rollout = GroupedRollout(suite, num_envs=32, chunk_size=4)
+    data = rollout.run(_toy_policy(), [Prompt(0, i // 8) for i in range(32)], [i // 8 for i in range(32)])
+    valid, done = data["valid"], data["next", "done"].squeeze(-1)
+    lengths = valid.sum(-1)
+    assert len(set(lengths.tolist())) > 1, "episodes should end at different decisions"
+    for i in range(32):
+        n = int(lengths[i])
+        assert valid[i, :n].all() and not valid[i, n:].any()
+        assert done[i, n - 1] and not done[i, : n - 1].any()
+    trajs = split_trajectories(data, first_traj_id=100, tokens_per_decision=8)
+    for i, traj in enumerate(trajs):
+        n = int(lengths[i])
+        assert traj.shape == (n,)
+        assert traj["next", "done"][-1] and not traj["next", "done"][:-1].any()
+        success = bool(data[i, n - 1]["next", "success"])
+        assert traj["next", "reward"].sum() == float(success) == float(traj[RETURN_KEY][0])
+        assert (traj[TRAJ_TOKENS_KEY] == n * 8).all()
+        assert (traj["trajectory_id"] == 100 + i).all()
+        assert "language_instruction" not in traj.keys()
+
+
+def test_only_mixed_groups_reach_the_buffer_and_surplus_is_kept():
+    buf = DynamicSamplingBuffer(group_size=4)
+    outcomes = {0: [0, 0, 0, 0], 1: [1, 1, 1, 1], 2: [0, 1, 0, 0], 3: [1, 1, 0, 1]}
+    tid = 0
+    for gid, succ in outcomes.items():
+        for s in succ:
+            buf.extend([make_trajectory(group_id=gid, traj_id=tid, length=1 + tid % 3, success=bool(s))])
+            tid += 1
+    assert buf.num_groups == 2
+    stats = buf.stats()
+    assert stats["dropped_groups"] == 2 and stats["written_groups"] == 2
+    first = buf.pop_groups(1)
+    assert set(first[GROUP_ID_KEY].view(-1).tolist()) == {2}
+    # advantages: (R - mean) / std with the unbiased std of [0, 1, 0, 0]
+    expected = (torch.tensor([0.0, 1, 0, 0]) - 0.25) / torch.tensor([0.0, 1, 0, 0]).std()
+    per_traj = [float(first[first["trajectory_id"].view(-1) == t]["advantage"][0]) for t in range(8, 12)]
+    assert per_traj == pytest.approx(expected.tolist(), rel=1e-5)
+    rest = buf.pop_groups(5)
+    assert set(rest[GROUP_ID_KEY].view(-1).tolist()) == {3}
+    assert buf.pop_groups(1) is None
+
+
+def _discarded_fraction(sampler, true_p: dict, rounds: int = 300, G: int = 8) -> float:
+    gen = torch.Generator().manual_seed(1)
+    discarded = 0
+    for _ in range(rounds):
+        for prompt in sampler.draw(2):
+            wins = int((torch.rand(G, generator=gen) < true_p[prompt]).sum())
+            sampler.update(prompt, wins, G)
+            discarded += wins in (0, G)
+    return discarded / (2 * rounds)
+
+
+def test_success_aware_sampler_discards_fewer_groups_than_uniform():
+    suite = ToyReachSuite(num_init_states=4)  # 8 train prompts
+    uniform = PromptSampler(suite, seed=0)
+    # half the prompts are solved or hopeless (all-equal groups), half are mixed
+    true_p = dict(zip(uniform.prompts, [0.0, 0.0, 1.0, 1.0, 0.5, 0.3, 0.7, 0.02], strict=True))
+    aware = SuccessAwarePromptSampler(suite, group_size=8, seed=0)
+    base, ours = _discarded_fraction(uniform, true_p), _discarded_fraction(aware, true_p)
+    assert base > 0.4
+    assert ours <= 0.5 * base, (ours, base)
+    w = aware.weights()
+    assert w[4] > 2 * w[0] and w[4] > 2 * w[2]  # mixed prompt above solved and hopeless ones
+    assert len({p for _ in range(50) for p in uniform.draw(2)}) == len(uniform.prompts)
+
+
+def test_ranks_get_disjoint_prompt_shards():
+    suite = ToyReachSuite(num_init_states=10)
+    a = set(PromptSampler(suite, rank=0, world_size=2).prompts)
+    b = set(PromptSampler(suite, rank=1, world_size=2).prompts)
+    assert a and b and not a & b
+
+
+class _Sabotage:
+    """Wraps a policy; on its ``at``-th call sends ``sig`` to one simulator worker."""
+
+    def __init__(self, policy, rollout: GroupedRollout, sig: int, at: int = 2) -> None:
+        self.policy, self.rollout, self.sig, self.at, self.calls = policy, rollout, sig, at, 0
+
+    def parameters(self):
+        return self.policy.parameters()
+
+    def act(self, td, greedy=False):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(self.rollout.worker_pids[0], self.sig)
+        return self.policy.act(td, greedy=greedy)
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGKILL, pytest.param(signal.SIGSTOP, marks=pytest.mark.slow)],  # hung: waits out a timeout
+    ids=["killed", "hung"],
+)
+def test_a_dead_or_hung_worker_is_restarted_and_no_partial_trajectory_leaks(sig):
+    suite = ToyReachSuite(max_steps=40)
+    rollout = GroupedRollout(suite, num_envs=8, chunk_size=4, num_workers=2, worker_timeout_s=5)
+    policy = _Sabotage(_toy_policy(), rollout, sig)
+    try:
+        rollout.run(policy.policy, [Prompt(0, 0)] * 8, [0] * 8)  # start the workers
+        old_pids = rollout.worker_pids
+        with pytest.warns(UserWarning, match="restarting the simulators"):
+            data = rollout.run(policy, [Prompt(0, i // 4) for i in range(8)], [i // 4 for i in range(8)])
+        assert rollout.restarts == 1 and rollout.worker_pids != old_pids
+    finally:
+        rollout.close()
+    # the re-run round is whole: every episode has a done at its last valid decision
+    lengths = data["valid"].sum(-1)
+    done = data["next", "done"].squeeze(-1)
+    assert all(bool(done[i, int(n) - 1]) for i, n in enumerate(lengths))
+    buf = DynamicSamplingBuffer(group_size=4, dynamic_sampling=False)
+    buf.extend(split_trajectories(data, first_traj_id=0, tokens_per_decision=8))
+    assert buf.num_groups == 2
+
+
+def test_two_process_ddp_runs_different_prompts_and_keeps_weights_identical(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf/toy.yaml"),
+           "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=2",
+           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+           "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",
+           "--trainer.enable_progress_bar=false", "--model.groups_per_step=2", "--model.prompts_per_round=2",
+           "--trainer.callbacks+=tests.ddp_probe.DDPProbe",
+           f"--trainer.callbacks.init_args.out_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 2
+    assert ranks[0]["prompts"] and ranks[1]["prompts"]
+    assert not set(map(tuple, ranks[0]["prompts"])) & set(map(tuple, ranks[1]["prompts"]))
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], abs=0)
+    assert ranks[0]["weights_changed"] and ranks[1]["weights_changed"]
