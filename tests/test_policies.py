@@ -190,16 +190,22 @@ def test_hf_decodes_the_whole_chunk_in_one_forward():
     assert len(calls) == 1  # OpenVLA-OFT parallel decoding: H*A tokens, one pass
 
 
-def test_hf_action_tokens_are_the_lm_vocab_tail():
-    policy = make_policy(HFVLAPolicy)
+@pytest.mark.parametrize("num_bins", [256, 32])
+def test_hf_action_tokens_are_the_lm_vocab_tail(num_bins, tmp_path):
+    policy = make_policy(HFVLAPolicy, num_bins=num_bins)
     low, high = torch.tensor([-0.5, -2.0]), torch.tensor([0.5, 3.0])
     policy.set_action_stats(low, high)
     vocab = policy.lm.config.vocab_size
-    assert torch.equal(policy.action_token_ids, torch.arange(vocab - 256, vocab))
-    assert vocab - 256 >= len(policy.tokenizer)  # action ids never collide with instruction ids
-    openvla = VocabTailActionTokenizer(256, full_vocab_size=vocab, norm_low=low, norm_high=high)
+    assert policy.vocab_size == num_bins
+    assert torch.equal(policy.action_token_ids, torch.arange(vocab - num_bins, vocab))
+    assert vocab - num_bins >= len(policy.tokenizer)  # action ids never collide with instruction ids
+    openvla = VocabTailActionTokenizer(num_bins, full_vocab_size=vocab, norm_low=low, norm_high=high)
     actions = low + torch.rand(32, 2) * (high - low)
     assert torch.equal(policy.action_token_ids[policy.encode_actions(actions)], openvla.encode(actions))
+    # the bin count travels with the directory
+    loaded = HFVLAPolicy(pretrained_path=str(policy.save_pretrained(tmp_path / "p")), **DIMS)
+    assert loaded.vocab_size == num_bins
+    assert policy.act(observations())[ACTION_TOKENS_KEY].max() < num_bins
 
 
 def test_hf_bf16_and_gradient_checkpointing_switches():
@@ -247,3 +253,18 @@ def test_policy_swaps_from_the_cli(tmp_path):
     assert "train/loss_objective" in scalars
     hparams = (next(tmp_path.rglob("config.yaml"))).read_text()
     assert "vla_grpo.policies.hf.HFVLAPolicy" in hparams
+
+
+@pytest.mark.parametrize("breakage", ["no_directory", "wrong_action_dim"])
+def test_a_bad_pretrained_path_on_the_cli_is_one_line(breakage, tmp_path, capsys):
+    from vla_grpo.cli import main
+
+    path = tmp_path / "policy"
+    if breakage == "wrong_action_dim":
+        HFVLAPolicy(**{**DIMS, "action_dim": 7}, patch_size=4).save_pretrained(path)
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(ROOT / "conf/toy_hf.yaml"), f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.logger=false", f"--model.policy.init_args.pretrained_path={path}"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if str(path) in ln]
+    assert len(lines) == 1, lines
+    assert ("action_dim=7" in lines[0]) if breakage == "wrong_action_dim" else ("no directory" in lines[0])

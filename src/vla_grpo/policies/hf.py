@@ -7,12 +7,13 @@ Layout of one forward pass (OpenVLA-OFT *parallel decoding*)::
 
 The decoder attends bidirectionally over the whole sequence (padding masked),
 and the hidden states of the ``H*A`` action-query positions go through the LM
-head restricted to the **last 256 ids of the LM vocabulary** (OpenVLA's
-vocab-tail action tokens): one forward gives the logits ``[B, H, A, 256]`` of
-the whole action chunk, instead of ``H*A`` autoregressive steps.
+head restricted to the **last ``num_bins`` (OpenVLA: 256) ids of the LM
+vocabulary** (OpenVLA's vocab-tail action tokens): one forward gives the logits
+``[B, H, A, num_bins]`` of the whole action chunk, instead of ``H*A``
+autoregressive steps.
 
 Action tokens are OpenVLA *window ids* (``torchrl.data.vla.VocabTailActionTokenizer``):
-token ``w`` in ``[0, 256)`` is LM vocab id ``V - 256 + w``; decoding maps it to
+token ``w`` in ``[0, num_bins)`` is LM vocab id ``V - num_bins + w``; decoding maps it to
 a bin centre in ``[-1, 1]`` and un-normalizes with the demos' per-dimension
 q01/q99 (``set_action_stats``), exactly as OpenVLA does.
 
@@ -98,7 +99,7 @@ class _ActionHeads(nn.Module):
 
 
 def _build_backbone(*, image_size: int, patch_size: int, vision_hidden: int, text_hidden: int,
-                    layers: int, heads: int, text_model: str, text_vocab: int, max_positions: int):
+                    layers: int, heads: int, text_model: str, vocab_size: int, max_positions: int):
     """A randomly initialised SigLIP vision tower and causal LM, all dropout 0."""
     from transformers import AutoConfig, AutoModelForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
@@ -109,7 +110,7 @@ def _build_backbone(*, image_size: int, patch_size: int, vision_hidden: int, tex
         attention_dropout=0.0,
     ))
     text_config = AutoConfig.for_model(
-        text_model, vocab_size=text_vocab + NUM_BINS, hidden_size=text_hidden,
+        text_model, vocab_size=vocab_size, hidden_size=text_hidden,
         intermediate_size=4 * text_hidden, num_hidden_layers=layers, num_attention_heads=heads,
         num_key_value_heads=heads, max_position_embeddings=max_positions,
         # dropout 0: rollout and update see the same distribution, so the GRPO ratio starts at 1
@@ -155,6 +156,7 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         layers: layers of each tower.
         heads: attention heads of each tower.
         text_model: decoder family of a built model, ``"llama"`` or ``"qwen2"``.
+        num_bins: action bins per dimension = action ids at the LM vocab tail (OpenVLA: 256).
         max_instruction_tokens: instructions are truncated to this many tokens.
         temperature: softmax temperature for sampling *and* scoring.
         bf16: bfloat16 autocast on CUDA (weights stay fp32; ignored on CPU).
@@ -174,6 +176,7 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         layers: int = 2,
         heads: int = 4,
         text_model: str = "llama",
+        num_bins: int = NUM_BINS,
         max_instruction_tokens: int = 64,
         temperature: float = 1.0,
         bf16: bool = False,
@@ -181,20 +184,24 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
     ) -> None:
         _check_sizes(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
                      max_instruction_tokens=max_instruction_tokens)
+        if num_bins < 2:
+            raise ValueError(f"`policy.num_bins` must be >= 2 (got {num_bins})")
+        meta = None if pretrained_path is None else read_policy_dir(pretrained_path, type(self), _FILES)
         super().__init__(
-            action_dim=action_dim, chunk_size=chunk_size, action_head="tokens", vocab_size=NUM_BINS,
+            action_dim=action_dim, chunk_size=chunk_size, action_head="tokens",
+            vocab_size=int(num_bins if meta is None else meta["num_bins"]),
             log_probs_mode="token", output_mode="both", return_vla_action_container=False,
         )
         self.state_dim, self.image_size = int(state_dim), int(image_size)
         self.max_instruction_tokens = int(max_instruction_tokens)
         self.bf16 = bool(bf16)
         self._token_cache: dict[str, list[int]] = {}
-        if pretrained_path is None:
+        if meta is None:
             _check_model_sizes(image_size, patch_size, vision_hidden, text_hidden, layers, heads, text_model)
             self._build(patch_size, vision_hidden, text_hidden, layers, heads, text_model)
-            self._init_token_policy(action_dim, NUM_BINS, temperature)
+            self._init_token_policy(action_dim, self.vocab_size, temperature)
         else:
-            self._load(Path(pretrained_path), temperature)
+            self._load(Path(pretrained_path), meta, temperature)
         if gradient_checkpointing:
             for model in (self.vision, self.lm):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -211,14 +218,13 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         self.vision, self.lm = _build_backbone(
             image_size=self.image_size, patch_size=patch_size, vision_hidden=vision_hidden,
             text_hidden=text_hidden, layers=layers, heads=heads, text_model=text_model,
-            text_vocab=len(self.tokenizer), max_positions=max(max_positions, 512),
+            vocab_size=len(self.tokenizer) + self.vocab_size, max_positions=max(max_positions, 512),
         )
         self.heads = _ActionHeads(vision_hidden, text_hidden, self.state_dim, num_queries)
 
-    def _load(self, path: Path, temperature: float) -> None:
+    def _load(self, path: Path, meta: dict, temperature: float) -> None:
         from safetensors.torch import load_file
 
-        meta = read_policy_dir(path, type(self), _FILES)
         # image_size may differ: images are resized to the vision tower's size
         check_dims(path, meta, action_dim=self.action_dim, chunk_size=self.chunk_size, state_dim=self.state_dim)
         self.vision, self.lm, self.tokenizer = _load_backbone(path)
@@ -231,7 +237,7 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         except (RuntimeError, OSError) as err:
             raise ValueError(f"`policy.pretrained_path`: {path}/heads.safetensors does not fit "
                              f"({str(err).strip().splitlines()[0]})") from None
-        self._init_token_policy(self.action_dim, NUM_BINS, temperature)
+        self._init_token_policy(self.action_dim, self.vocab_size, temperature)
         load_action_stats(self, meta)
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -255,15 +261,15 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
 
         # OpenVLA's codec: window ids, bin centres in [-1, 1], q01/q99 un-normalization
         self.action_tokenizer = VocabTailActionTokenizer(
-            NUM_BINS, norm_low=self.action_low.detach().cpu().double(),
+            self.vocab_size, norm_low=self.action_low.detach().cpu().double(),
             norm_high=self.action_high.detach().cpu().double(),
         )
 
     @property
     def action_token_ids(self) -> torch.Tensor:
-        """LM vocab ids of action tokens ``0..255`` (the vocab tail, ``V - 256 + w``)."""
+        """LM vocab ids of action tokens ``0..num_bins-1`` (the vocab tail, ``V - num_bins + w``)."""
         vocab = self.lm.get_output_embeddings().weight.shape[0]
-        return torch.arange(vocab - NUM_BINS, vocab)
+        return torch.arange(vocab - self.vocab_size, vocab)
 
     # -- forward -------------------------------------------------------------------
     def _encode_instructions(self, strings: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,7 +318,7 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         return embeds, mask
 
     def _predict_logits(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """Logits ``[*B, H, A, 256]`` of the action tokens, from one forward pass."""
+        """Logits ``[*B, H, A, num_bins]`` of the action tokens, from one forward pass."""
         from transformers.masking_utils import create_bidirectional_mask
 
         batch_shape = self._get_image(tensordict).shape[:-3]
@@ -328,9 +334,10 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
                                            use_cache=False).last_hidden_state
             queries = hidden[:, -self.chunk_size * self.action_dim:]
             head = self.lm.get_output_embeddings()
-            bias = None if head.bias is None else head.bias[-NUM_BINS:]
-            logits = F.linear(queries, head.weight[-NUM_BINS:], bias)
-        return logits.float().reshape(*batch_shape, self.chunk_size, self.action_dim, NUM_BINS)
+            bins = self.vocab_size
+            bias = None if head.bias is None else head.bias[-bins:]
+            logits = F.linear(queries, head.weight[-bins:], bias)
+        return logits.float().reshape(*batch_shape, self.chunk_size, self.action_dim, bins)
 
     def _predict(self, tensordict: TensorDictBase) -> torch.Tensor:
         return self._predict_logits(tensordict).flatten(-3)
