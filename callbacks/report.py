@@ -39,6 +39,17 @@ def write_csv(history: list[SplitResult], path: Path) -> None:
             writer.writerows(result_rows(result))
 
 
+def read_csv(path: Path) -> list[SplitResult]:
+    """The evaluations of an ``eval_per_task.csv`` (inverse of :func:`write_csv`)."""
+    history: dict[tuple[str, int], SplitResult] = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            key = (row["stage"], int(row["step"]))
+            result = history.setdefault(key, SplitResult(step=key[1], stage=key[0]))
+            result.counts.setdefault(row["split"], {})[row["task"]] = (int(row["successes"]), int(row["episodes"]))
+    return list(history.values())
+
+
 def result_markdown(result: SplitResult) -> str:
     """A markdown table of the evaluation (TensorBoard renders text summaries as markdown)."""
     lines = [f"step {result.step} ({result.stage})", "", "| split | task | success | episodes |",
@@ -61,7 +72,7 @@ def _curve_axes(ax, history: list[SplitResult]) -> None:
         style = "-" if split == "train" else "--"
         episodes = sum(e for _, e in history[-1].counts.get(split, {}).values())
         ax.plot(xs, ys, style, marker="o", lw=2, ms=4, label=f"{split} ({episodes} episodes)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("greedy success rate")
     ax.set_ylim(-0.03, 1.03)
@@ -163,3 +174,17 @@ class EvalReport(SplitEvalListener):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [SplitResult.from_dict(d) for d in state_dict.get("history", [])]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Redraws a plot from a run's CSV: ``python -m vla_grpo.callbacks CSV PNG [--title T]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("csv", type=Path, help="an eval_per_task.csv written by EvalReport")
+    parser.add_argument("png", type=Path, help="where the plot goes")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    history = read_csv(args.csv)
+    fit = [r for r in history if r.stage == FIT]
+    plot_history(sorted(fit or history, key=lambda r: r.step), args.png, args.title)

@@ -34,8 +34,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from vla_grpo.envs.base import Suite
 
+from vla_grpo.envs.base import Suite
 from vla_grpo.evaluation import EvalItem, EvalPrompts, greedy_success
 
 FIT = "fit"

@@ -20,8 +20,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from vla_grpo.envs.base import Suite
 
+from vla_grpo.envs.base import Suite
 from vla_grpo.keys import IMAGE_KEY, SUCCESS_KEY
 from vla_grpo.rollout import Prompt
 

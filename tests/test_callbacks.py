@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from vla_grpo.callbacks import EvalReport, SplitEvaluation, SplitResult
-from vla_grpo.callbacks.split_eval import count_by_task
-from vla_grpo.envs.toy import ToyReachSuite
 
+from vla_grpo.callbacks import EvalReport, SplitEvaluation, SplitResult
+from vla_grpo.callbacks.report import read_csv
+from vla_grpo.callbacks.split_eval import count_by_task
 from vla_grpo.cli import main
+from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.policies.tiny import TinyVLAPolicy
 from vla_grpo.rollout import GroupedRollout, Prompt
 from vla_grpo.tb import read_scalars
@@ -98,6 +99,7 @@ def test_fit_and_validate_write_videos_plot_csv_and_per_task_metrics(tmp_path, c
     with Image.open(run / "eval/eval_curve.png") as png:
         assert png.format == "PNG" and png.size[0] > 600
     rows = list(csv.DictReader((run / "eval/eval_per_task.csv").open()))
+    assert [r.step for r in read_csv(run / "eval/eval_per_task.csv")] == [0, 1, 2]
     assert {(r["step"], r["split"], r["task"]) for r in rows} == {
         (str(step), split, task) for step in (0, 1, 2) for split in ("train", "unseen_layout")
         for task in ("red", "green")}
