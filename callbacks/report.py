@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 
-from .split_eval import FIT, SplitEvalListener, SplitResult, run_dir
+from .split_eval import FIT, SplitEvalListener, SplitResult
 
 CSV_NAME = "eval_per_task.csv"
 PLOT_NAME = "eval_curve.png"
@@ -146,11 +146,11 @@ class EvalReport(SplitEvalListener):
         self.title = title
         self.history: list[SplitResult] = []
 
-    def csv_path(self, trainer: L.Trainer) -> Path:
-        return run_dir(trainer, self.dirpath) / CSV_NAME
+    def csv_path(self) -> Path:
+        return self.out_dir() / CSV_NAME
 
-    def plot_path(self, trainer: L.Trainer) -> Path:
-        return run_dir(trainer, self.dirpath) / PLOT_NAME
+    def plot_path(self) -> Path:
+        return self.out_dir() / PLOT_NAME
 
     def on_split_evaluation_end(self, trainer: L.Trainer, pl_module, result: SplitResult) -> None:
         # one entry per (stage, step): an evaluation repeated at a step replaces the older one
@@ -158,7 +158,7 @@ class EvalReport(SplitEvalListener):
         self.history.append(result)
         if not trainer.is_global_zero:
             return
-        write_csv(self.history, self.csv_path(trainer))
+        write_csv(self.history, self.csv_path())
         if self.tensorboard_text:
             for logger in trainer.loggers:
                 if hasattr(getattr(logger, "experiment", None), "add_text"):
@@ -167,7 +167,7 @@ class EvalReport(SplitEvalListener):
             fit = sorted((r for r in self.history if r.stage == FIT), key=lambda r: r.step)
             suite = getattr(getattr(pl_module, "suite", None), "name", "")
             title = self.title or f"{type(pl_module).__name__} on {suite}: greedy eval"
-            plot_history(fit or self.history, self.plot_path(trainer), title)
+            plot_history(fit or self.history, self.plot_path(), title)
 
     def state_dict(self) -> dict:
         return {"history": [r.to_dict() for r in self.history]}

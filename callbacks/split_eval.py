@@ -113,11 +113,13 @@ def count_by_task(suite: Suite, items: list[EvalItem], success: list[bool]) -> t
     return counts
 
 
-def run_dir(trainer: L.Trainer, dirpath: str | None, sub: str = "eval") -> Path:
-    """``dirpath`` if given, else ``<logger's run dir>/<sub>`` (``default_root_dir`` without logger)."""
-    if dirpath is not None:
-        return Path(dirpath)
-    return Path(trainer.log_dir or trainer.default_root_dir) / sub
+def run_dir(trainer: L.Trainer) -> Path:
+    """The logger's run dir (``default_root_dir`` without a logger).
+
+    ``trainer.log_dir`` broadcasts from rank 0 under DDP: call it on every rank
+    (in ``setup``), never from a rank-0-only branch, or the ranks deadlock.
+    """
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def result_table(result: SplitResult, caption: str | None = None):
@@ -380,7 +382,19 @@ class SplitEvalListener(Callback):
     ``SplitEvaluation`` in the trainer they warn once and do nothing.
     """
 
+    #: where files go under the run dir when ``dirpath`` is not given
+    default_subdir = "eval"
+    dirpath: str | None = None
+    _out_dir: Path | None = None
+
+    def out_dir(self) -> Path:
+        """``dirpath``, else ``<run dir>/<default_subdir>`` (resolved in :meth:`setup`)."""
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        return self._out_dir if self._out_dir is not None else Path(self.default_subdir)
+
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        self._out_dir = run_dir(trainer) / self.default_subdir
         if not any(isinstance(cb, SplitEvaluation) for cb in trainer.callbacks):
             rank_zero_warn(f"{type(self).__name__} acts on SplitEvaluation's results and the trainer "
                            "has no SplitEvaluation callback: it will do nothing")

@@ -25,7 +25,7 @@ from vla_grpo.envs.base import Suite
 from vla_grpo.keys import IMAGE_KEY, SUCCESS_KEY
 from vla_grpo.rollout import Prompt
 
-from .split_eval import SplitEvalListener, SplitResult, run_dir, task_label
+from .split_eval import SplitEvalListener, SplitResult, task_label
 
 _GREEN, _RED, _GREY = (40, 200, 70), (220, 40, 40), (110, 110, 110)
 
@@ -156,6 +156,8 @@ class EvalVideo(SplitEvalListener):
         tensorboard: also log the clips to TensorBoard loggers.
     """
 
+    default_subdir = "eval/videos"
+
     def __init__(self, episodes_per_split: int = 4, splits: list[str] | None = None, every_n_evals: int = 1,
                  fps: float = 4.0, tile_size: int = 128, dirpath: str | None = None,
                  tensorboard: bool = True) -> None:
@@ -181,7 +183,7 @@ class EvalVideo(SplitEvalListener):
         splits = [s for s in (self.splits or list(result.counts)) if s in pl_module.suite.splits]
         requests = [(s, p) for s in splits for p in video_prompts(pl_module.suite, s, self.episodes_per_split)]
         episodes = record_episodes(pl_module.rollout, pl_module.policy, pl_module.suite, requests)
-        out_dir = run_dir(trainer, self.dirpath, "eval/videos") / f"step_{result.step:06d}"
+        out_dir = self.out_dir() / f"step_{result.step:06d}"
         for split in splits:
             clip = compose_clip([e for e in episodes if e.split == split], tile_size=self.tile_size)
             path = out_dir / f"{split}.gif"
