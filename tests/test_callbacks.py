@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,3 +140,20 @@ def test_report_history_survives_a_checkpoint():
     restored = EvalReport()
     restored.load_state_dict(report.state_dict())
     assert restored.history == report.history
+
+
+@pytest.mark.slow
+def test_two_process_ddp_shards_the_eval_and_counts_every_episode_once(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(TOY), "--trainer.devices=2",
+           "--trainer.strategy=ddp", "--trainer.max_steps=1", "--trainer.val_check_interval=1",
+           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET,
+           "--model.eval_states_per_task=3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = read_csv(tmp_path / "tb/version_0/eval/eval_per_task.csv")
+    assert [r.step for r in history] == [0, 1]  # the callback's own eval, then the val loop's
+    for result in history:  # each rank ran half; the all-reduced counts hold all 3 states per task
+        assert list(result.counts) == ["train", "unseen_layout"]
+        for tasks in result.counts.values():
+            assert {task: eps for task, (_, eps) in tasks.items()} == {"red": 3, "green": 3}
