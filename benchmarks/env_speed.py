@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 from tensordict import TensorDict
+
 from vla_grpo.envs.tabletop import TabletopSuite
 
 

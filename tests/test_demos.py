@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
+
 from vla_grpo.envs.demos import main, read_demos, record_episode, resolve_tasks, write_demos
 from vla_grpo.envs.tabletop import TabletopSuite
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.data.vla import VocabTailActionTokenizer
-from vla_grpo.envs.toy import ToyReachSuite
 
+from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY, SAMPLE_LOG_PROBS_KEY
 from vla_grpo.policies import POLICIES, HFVLAPolicy, TinyVLAPolicy
 from vla_grpo.policies.pretrained import POLICY_JSON

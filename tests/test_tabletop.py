@@ -11,6 +11,7 @@ from tensordict import TensorDict
 from torchrl.data.vla import validate_vla_tensordict
 from torchrl.envs import ParallelEnv
 from torchrl.envs.utils import check_env_specs
+
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.tabletop.evaluate import expert_success
