@@ -45,6 +45,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
 TRAIN_SPLIT = "train"
@@ -55,6 +57,21 @@ INIT_STATE_KEY = "init_state_id"
 GROUP_ID_KEY = "group_id"
 SUCCESS_KEY = "success"
 PROMPT_KEYS = (TASK_INDEX_KEY, INIT_STATE_KEY, GROUP_ID_KEY)
+
+
+def apply_reset_prompts(tensordict: TensorDictBase | None, ids: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """Copies the reset TensorDict's prompt ids into ``ids`` (``[n, 1]`` each) where ``_reset``.
+
+    Returns the ``[n]`` reset mask (all True when the TensorDict has none).
+    """
+    mask = torch.ones(n, dtype=torch.bool)
+    if tensordict is not None and tensordict.get("_reset", None) is not None:
+        mask = tensordict.get("_reset").reshape(n)
+    for key in PROMPT_KEYS:
+        value = None if tensordict is None else tensordict.get(key, None)
+        if value is not None:
+            ids[key] = torch.where(mask[:, None], value.reshape(n, 1).long(), ids[key])
+    return mask
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .base import (
     TRAIN_SPLIT,
     Suite,
     TaskSpec,
+    apply_reset_prompts,
 )
 
 _COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60)}
@@ -179,14 +180,7 @@ class ToyReachEnv(EnvBase):
 
     # -- EnvBase -----------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        n = self.batch_size[0]
-        mask = torch.ones(n, dtype=torch.bool)
-        if tensordict is not None and tensordict.get("_reset", None) is not None:
-            mask = tensordict.get("_reset").view(n)
-        for key in PROMPT_KEYS:
-            if tensordict is not None and tensordict.get(key, None) is not None:
-                value = tensordict.get(key).view(n, 1).to(torch.int64)
-                self._ids[key] = torch.where(mask[:, None], value, self._ids[key])
+        mask = apply_reset_prompts(tensordict, self._ids, self.batch_size[0])
         idx = mask.nonzero().squeeze(-1)
         if idx.numel():
             self._dots[idx] = self.suite.layout(

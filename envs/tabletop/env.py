@@ -14,7 +14,7 @@ from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
 
-from ..base import INIT_STATE_KEY, PROMPT_KEYS, SUCCESS_KEY, TASK_INDEX_KEY
+from ..base import INIT_STATE_KEY, PROMPT_KEYS, SUCCESS_KEY, TASK_INDEX_KEY, apply_reset_prompts
 from .render import FrameRenderer
 from .scene import build_mjcf
 from .sim import TabletopSim
@@ -137,14 +137,7 @@ class TabletopEnv(EnvBase):
 
     # -- EnvBase -----------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        n = self.batch_size[0]
-        mask = torch.ones(n, dtype=torch.bool)
-        if tensordict is not None and tensordict.get("_reset", None) is not None:
-            mask = tensordict.get("_reset").reshape(n)
-        for key in PROMPT_KEYS:
-            value = None if tensordict is None else tensordict.get(key, None)
-            if value is not None:
-                self._ids[key] = torch.where(mask[:, None], value.reshape(n, 1).long(), self._ids[key])
+        mask = apply_reset_prompts(tensordict, self._ids, self.batch_size[0])
         num_tasks = len(self.suite.all_tasks())
         for i in mask.nonzero().view(-1).tolist():
             t = int(self._ids[TASK_INDEX_KEY][i])
