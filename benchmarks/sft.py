@@ -65,7 +65,7 @@ def evaluate(ckpt: Path, extra: list[str]) -> tuple[dict[str, float], dict[str, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demos", type=int, nargs="+", default=[1, 20], help="demos per task, one run each")
-    parser.add_argument("--max-steps", type=int, default=600, help="SFT optimizer steps per run")
+    parser.add_argument("--max-steps", type=int, default=1000, help="SFT optimizer steps per run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench_sft")
     parser.add_argument("--skip-fit", action="store_true", help="only evaluate <out>/demos<N>/ckpt/last.ckpt")
     parser.add_argument("extra", nargs="*", help="more CLI overrides (after --)")
