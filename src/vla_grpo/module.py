@@ -229,7 +229,7 @@ class GRPOModule(L.LightningModule):
         data = self.rollout.run(self.policy, [p for p in prompts for _ in range(G)],
                                 [g for g in group_ids for _ in range(G)])
         trajs = split_trajectories(data, first_traj_id=self._traj_counter * world + rank,
-                                   tokens_per_decision=self.policy.tokens_per_decision)
+                                   tokens_per_decision=self.policy.tokens_per_decision, id_stride=world)
         self._traj_counter += len(trajs)
         self.buffer.extend(trajs)
         returns = torch.tensor([float(t.get(RETURN_KEY)[0]) for t in trajs])

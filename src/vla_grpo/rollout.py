@@ -333,11 +333,13 @@ class _ActiveOnlyActor:
         return flat.reshape(shape)
 
 
-def split_trajectories(data: TensorDict, *, first_traj_id: int, tokens_per_decision: int) -> list[TensorDict]:
+def split_trajectories(data: TensorDict, *, first_traj_id: int, tokens_per_decision: int,
+                       id_stride: int = 1) -> list[TensorDict]:
     """Cut a ``[N, T]`` rollout into N trajectory TensorDicts of their valid decisions.
 
     Each decision row gets its trajectory's return (binary success), id and token
-    count ``|a_i|``; the last row is marked done.
+    count ``|a_i|``; the last row is marked done. Trajectory ``i`` gets id
+    ``first_traj_id + i * id_stride`` (DDP ranks interleave with stride = world size).
     """
     valid = data.get("valid")
     trajs = []
@@ -349,7 +351,7 @@ def split_trajectories(data: TensorDict, *, first_traj_id: int, tokens_per_decis
         traj.set(("next", "done"), done)
         success = bool(data[i, length - 1].get(("next", SUCCESS_KEY)).any())
         traj.set(RETURN_KEY, torch.full((length, 1), float(success)))
-        traj.set(TRAJ_ID_KEY, torch.full((length, 1), first_traj_id + i, dtype=torch.int64))
+        traj.set(TRAJ_ID_KEY, torch.full((length, 1), first_traj_id + i * id_stride, dtype=torch.int64))
         traj.set(TRAJ_TOKENS_KEY, torch.full((length, 1), length * tokens_per_decision, dtype=torch.int64))
         # the binary success reward, on the decision where it happened
         reward = torch.zeros(length, 1)
