@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 TRAIN_SPLIT = "train"
@@ -57,6 +58,22 @@ INIT_STATE_KEY = "init_state_id"
 GROUP_ID_KEY = "group_id"
 SUCCESS_KEY = "success"
 PROMPT_KEYS = (TASK_INDEX_KEY, INIT_STATE_KEY, GROUP_ID_KEY)
+
+
+def set_contract_specs(env: EnvBase, n: int, chunk_size: int, action_dim: int) -> None:
+    """The specs every suite env shares: prompt ids as state, chunk action, reward, dones.
+
+    Prompt ids are declared as state so batched/parallel wrappers carry them into reset.
+    """
+    env.state_spec = Composite(
+        **{k: Unbounded(shape=(n, 1), dtype=torch.int64) for k in PROMPT_KEYS}, shape=(n,)
+    )
+    env.action_spec = Bounded(-1.0, 1.0, shape=(n, chunk_size, action_dim))
+    env.reward_spec = Unbounded(shape=(n, 1))
+    env.done_spec = Composite(
+        **{k: Categorical(2, dtype=torch.bool, shape=(n, 1)) for k in ("done", "terminated", "truncated")},
+        shape=(n,),
+    )
 
 
 def apply_reset_prompts(tensordict: TensorDictBase | None, ids: dict[str, torch.Tensor], n: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
+from torchrl.data import Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
 
 from .base import (
@@ -33,6 +33,7 @@ from .base import (
     Suite,
     TaskSpec,
     apply_reset_prompts,
+    set_contract_specs,
 )
 
 _COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60)}
@@ -128,17 +129,7 @@ class ToyReachEnv(EnvBase):
             **ids,
             shape=(n,),
         )
-        self.state_spec = Composite(
-            **{k: Unbounded(shape=(n, 1), dtype=torch.int64) for k in PROMPT_KEYS}, shape=(n,)
-        )
-        self.action_spec = Bounded(-1.0, 1.0, shape=(n, self.chunk_size, suite.action_dim))
-        self.reward_spec = Unbounded(shape=(n, 1))
-        self.done_spec = Composite(
-            done=Categorical(2, dtype=torch.bool, shape=(n, 1)),
-            terminated=Categorical(2, dtype=torch.bool, shape=(n, 1)),
-            truncated=Categorical(2, dtype=torch.bool, shape=(n, 1)),
-            shape=(n,),
-        )
+        set_contract_specs(self, n, self.chunk_size, suite.action_dim)
         self._pos = torch.zeros(n, 2)
         self._dots = torch.zeros(n, 2, 2)
         self._steps = torch.zeros(n, 1, dtype=torch.int64)

@@ -11,10 +11,17 @@ import mujoco
 import numpy as np
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
+from torchrl.data import Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
 
-from ..base import INIT_STATE_KEY, PROMPT_KEYS, SUCCESS_KEY, TASK_INDEX_KEY, apply_reset_prompts
+from ..base import (
+    INIT_STATE_KEY,
+    PROMPT_KEYS,
+    SUCCESS_KEY,
+    TASK_INDEX_KEY,
+    apply_reset_prompts,
+    set_contract_specs,
+)
 from .render import FrameRenderer
 from .scene import build_mjcf
 from .sim import TabletopSim
@@ -81,18 +88,7 @@ class TabletopEnv(EnvBase):
             **ids,
             shape=(n,),
         )
-        # declared as state so batched/parallel wrappers carry them into reset
-        self.state_spec = Composite(
-            **{k: Unbounded(shape=(n, 1), dtype=torch.int64) for k in PROMPT_KEYS}, shape=(n,)
-        )
-        self.action_spec = Bounded(-1.0, 1.0, shape=(n, self.chunk_size, self.suite.action_dim))
-        self.reward_spec = Unbounded(shape=(n, 1))
-        self.done_spec = Composite(
-            done=Categorical(2, dtype=torch.bool, shape=(n, 1)),
-            terminated=Categorical(2, dtype=torch.bool, shape=(n, 1)),
-            truncated=Categorical(2, dtype=torch.bool, shape=(n, 1)),
-            shape=(n,),
-        )
+        set_contract_specs(self, n, self.chunk_size, self.suite.action_dim)
 
     # -- helpers -----------------------------------------------------------
     def _sim(self, i: int, task_index: int) -> TabletopSim:
