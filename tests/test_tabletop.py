@@ -77,7 +77,9 @@ def test_unseen_tasks_are_disjoint_from_seen(suite):
         assert suite.task(index[t.name]).layout not in layouts_seen
 
 
-def test_init_states_are_fixed_and_collision_free(suite):
+@pytest.mark.parametrize("spread", ["narrow", "wide"])
+def test_init_states_are_fixed_and_collision_free(spread):
+    suite = TabletopSuite(spread=spread)
     for i, spec in enumerate(suite.all_tasks()):
         task = suite.task(i)
         assert task.init_layout(7) == task.init_layout(7)
@@ -89,6 +91,27 @@ def test_init_states_are_fixed_and_collision_free(suite):
                 assert gap > 0.005, f"{spec.name} state {k}: {a.key} overlaps {b.key}"
     with pytest.raises(ValueError, match="init_state_id 50 is out of range"):
         suite.task(0).init_layout(50)
+
+
+def test_narrow_spread_jitters_one_scene_per_task(suite):
+    from vla_grpo.envs.tabletop.tasks import NARROW_JITTER, NARROW_YAW
+
+    for i in range(len(suite.all_tasks())):
+        task = suite.task(i)
+        canonical = task.canonical_layout()
+        for k in range(0, 50, 7):
+            for key, (x, y, yaw) in task.init_layout(k).items():
+                if key != "hand":
+                    cx, cy, cyaw = canonical[key]
+                    assert max(abs(x - cx), abs(y - cy)) <= NARROW_JITTER and abs(yaw - cyaw) <= NARROW_YAW
+    goal = [suite.task(suite.task_index(t.name)) for t in suite.all_tasks() if t.family == "goal"]
+    assert all(t.canonical_layout() == goal[0].canonical_layout() for t in goal)  # one scene, many goals
+    spatial = [suite.task(suite.task_index(t.name)).canonical_layout() for t in suite.tasks(TRAIN_SPLIT)[:6]]
+    assert len({tuple(c["plate"]) for c in spatial}) == 6
+    wide = TabletopSuite(spread="wide")
+    assert wide.name == "tabletop-wide" and wide.task(0).init_layout(3) != suite.task(0).init_layout(3)
+    with pytest.raises(ValueError, match="`spread` must be one of"):
+        TabletopSuite(spread="medium")
 
 
 # -- env contract ----------------------------------------------------------
@@ -217,7 +240,9 @@ def test_truncation_at_the_step_limit(suite):
     env.close()
 
 
-def test_expert_succeeds_on_sampled_states_of_every_task(suite):
+@pytest.mark.parametrize("spread", ["narrow", "wide"])
+def test_expert_succeeds_on_sampled_states_of_every_task(spread):
+    suite = TabletopSuite(spread=spread)
     tasks = range(len(suite.all_tasks()))
     results = expert_success(suite, tasks, [0, 29], chunk_size=8, num_envs=27)
     failed = {suite.all_tasks()[t].name: r.successes for t, r in results.items() if not all(r.successes)}

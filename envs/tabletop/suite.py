@@ -5,7 +5,7 @@ from ..base import Suite, TaskSpec
 from .env import TabletopEnv
 from .expert import TabletopExpert
 from .sim import STATE_DIM
-from .tasks import TabletopTask, build_catalogue
+from .tasks import SPREADS, TabletopTask, build_catalogue
 
 
 class TabletopSuite(Suite):
@@ -21,6 +21,11 @@ class TabletopSuite(Suite):
         image_size: side of the square camera images.
         wrist_camera: also render ``("observation", "wrist_image")``.
         num_init_states: initial states per task (ids ``0 .. n-1``).
+        spread: how much initial states vary. ``"narrow"`` (LIBERO-like): one
+            fixed scene per task, objects moved by up to 1.5 cm and turned by
+            up to 0.15 rad. ``"wide"``: every state drawn from the full layout
+            sampler (mirrored scenes, scattered groceries, shuffled lanes);
+            its name, and so its demo cache files, is ``tabletop-wide``.
 
     Example:
         >>> suite = TabletopSuite()
@@ -37,7 +42,9 @@ class TabletopSuite(Suite):
     action_dim = 7
     state_dim = STATE_DIM
 
-    def __init__(self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50) -> None:
+    def __init__(
+        self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50, spread: str = "narrow"
+    ) -> None:
         if image_size < 16:
             raise ValueError(f"`image_size` must be >= 16 (got {image_size})")
         if num_init_states < 1:
@@ -45,7 +52,11 @@ class TabletopSuite(Suite):
         self.image_size = int(image_size)
         self.wrist_camera = bool(wrist_camera)
         self.num_init_states = int(num_init_states)
-        self._tasks = build_catalogue(self.num_init_states)
+        if spread not in SPREADS:
+            raise ValueError(f"`spread` must be one of {SPREADS} (got {spread!r})")
+        self.spread = spread
+        self.name = "tabletop" if spread == "narrow" else f"tabletop-{spread}"
+        self._tasks = build_catalogue(self.num_init_states, spread)
         self._experts: dict[int, TabletopExpert] = {}
 
     def all_tasks(self) -> list[TaskSpec]:
@@ -71,4 +82,4 @@ class TabletopSuite(Suite):
 
     def __repr__(self) -> str:
         return (f"TabletopSuite(image_size={self.image_size}, wrist_camera={self.wrist_camera}, "
-                f"num_init_states={self.num_init_states}, tasks={len(self._tasks)})")
+                f"num_init_states={self.num_init_states}, spread={self.spread!r}, tasks={len(self._tasks)})")

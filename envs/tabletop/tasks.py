@@ -12,14 +12,25 @@ Three LIBERO-like families, each with seen (``train``) and held-out tasks:
 * **goal** -- one scene (bowl, plate, mug, basket), different goals; unseen
   tasks recombine seen verbs and objects (``unseen_goal``).
 
-Initial state ``k`` of a task is drawn from ``numpy.random.default_rng((crc32(name), k))``,
-so it is the same in every process and never depends on the call order.
+Initial states come in two spreads. ``"narrow"`` (the default, as in LIBERO,
+where each task's BDDL file fixes the scene and only small placement regions
+vary): every task has one canonical layout, drawn once from its layout sampler,
+and initial state ``k`` moves each object by at most :data:`NARROW_JITTER` and
+turns it by at most :data:`NARROW_YAW`. The goal family shares one canonical
+scene across its tasks (LIBERO-Goal's "same scene, different goals"), so only
+the instruction tells them apart. ``"wide"`` draws every initial state from the
+full sampler: mirrored spatial scenes, groceries scattered over the table,
+goal-scene lanes shuffled -- a harder generalisation test.
+
+Initial state ``k`` of a task is drawn from ``numpy.random.default_rng((crc32(name), k))``
+(the canonical layout from ``(crc32(scene), CANONICAL_STATE)``), so it is the same in every
+process and never depends on the call order.
 Everything here is plain frozen data, so a suite pickles into worker processes.
 """
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +43,14 @@ FRONT_Y = -0.12
 LIFT_HEIGHT = 0.08
 #: step limits (simulator control steps, 50 Hz); ~2x the scripted expert's longest episodes
 MAX_STEPS = {"place_on": 220, "place_in": 220, "push_front": 120, "lift": 100}
+#: ``"narrow"`` spread: largest move (m, along x and along y) of an object from its canonical place
+#: (a layout's ``narrow_jitter`` can be smaller: the goal scene's lanes leave 4 cm between objects)
+NARROW_JITTER = 0.015
+#: ``"narrow"`` spread: largest turn (rad) of an object from its canonical yaw
+NARROW_YAW = 0.15
+#: the rng stream of a canonical layout (initial-state ids are far below it)
+CANONICAL_STATE = 2**31 - 1
+SPREADS = ("narrow", "wide")
 
 # -- object kinds ----------------------------------------------------------
 RED_BOWL = ObjectKind("red bowl", "bowl", (0.035, 0.035, 0.022), (0.85, 0.14, 0.12, 1))
@@ -94,6 +113,7 @@ class AnchoredLayout:
     mirror: bool = True
     jitter: float = 0.012
     shift: float = 0.025
+    narrow_jitter: tuple[float, float] = (NARROW_JITTER, NARROW_JITTER)
 
     def sample(self, rng: np.random.Generator) -> dict[str, tuple[float, ...]]:
         sign = -1.0 if (self.mirror and rng.random() < 0.5) else 1.0
@@ -118,6 +138,7 @@ class ScatterLayout:
     basket: str
     items: tuple[tuple[str, float], ...]  # (key, footprint radius)
     gap: float = 0.05
+    narrow_jitter: tuple[float, float] = (NARROW_JITTER, NARROW_JITTER)
 
     def sample(self, rng: np.random.Generator) -> dict[str, tuple[float, ...]]:
         side = 1.0 if rng.random() < 0.5 else -1.0
@@ -147,6 +168,7 @@ class LaneLayout:
 
     basket: str
     items: tuple[str, str, str]
+    narrow_jitter: tuple[float, float] = (0.006, NARROW_JITTER)  # along x, objects keep to their lanes
 
     def sample(self, rng: np.random.Generator) -> dict[str, tuple[float, ...]]:
         side = 1.0 if rng.random() < 0.5 else -1.0
@@ -174,6 +196,8 @@ class TabletopTask:
     objects: tuple[SceneObject, ...]
     goal: Goal
     layout: Layout
+    spread: str = "narrow"
+    scene: str = ""  # tasks with the same scene share a canonical layout ("" = the task's own)
 
     def kind(self, key: str) -> ObjectKind:
         for obj in self.objects:
@@ -188,8 +212,29 @@ class TabletopTask:
                 f"init_state_id {init_state_id} is out of range for task {self.spec.name!r}; "
                 f"expected 0 <= id < {self.spec.num_init_states}"
             )
-        seed = zlib.crc32(self.spec.name.encode())
-        return self.layout.sample(np.random.default_rng((seed, int(init_state_id))))
+        rng = np.random.default_rng((zlib.crc32(self.spec.name.encode()), int(init_state_id)))
+        if self.spread == "wide":
+            return self.layout.sample(rng)
+        return self._jittered(self.canonical_layout(), rng, self.layout.narrow_jitter)
+
+    def canonical_layout(self) -> dict[str, tuple[float, ...]]:
+        """The ``"narrow"`` spread's fixed scene of this task (shared by tasks of one ``scene``)."""
+        seed = zlib.crc32((self.scene or self.spec.name).encode())
+        return self.layout.sample(np.random.default_rng((seed, CANONICAL_STATE)))
+
+    @staticmethod
+    def _jittered(
+        canonical: dict[str, tuple[float, ...]], rng: np.random.Generator, jitter: tuple[float, float]
+    ) -> dict[str, tuple[float, ...]]:
+        out: dict[str, tuple[float, ...]] = {}
+        for key, (x, y, yaw) in canonical.items():
+            if key == "hand":
+                continue
+            jx, jy = rng.uniform(-jitter[0], jitter[0]), rng.uniform(-jitter[1], jitter[1])
+            turn = 0.0 if yaw == 0.0 else rng.uniform(-NARROW_YAW, NARROW_YAW)  # the basket stays square
+            out[key] = (float(x + jx), float(y + jy), float(yaw + turn))
+        out["hand"] = _hand(rng)
+        return out
 
 
 # -- the catalogue ---------------------------------------------------------
@@ -284,13 +329,16 @@ def goal_tasks(n: int) -> list[TabletopTask]:
     """Goal family: one scene, different goals."""
     layout = LaneLayout("basket", ("bowl", "plate", "mug"))
     return [
-        TabletopTask(_spec(f"goal/{name}", text, split, goal, n), _GOAL_OBJECTS, goal, layout)
+        TabletopTask(_spec(f"goal/{name}", text, split, goal, n), _GOAL_OBJECTS, goal, layout, scene="goal")
         for name, text, split, goal in _GOALS
     ]
 
 
-def build_catalogue(num_init_states: int = 50) -> list[TabletopTask]:
+def build_catalogue(num_init_states: int = 50, spread: str = "narrow") -> list[TabletopTask]:
     """All tasks in ``task_index`` order: seen tasks of each family first, then unseen splits."""
+    if spread not in SPREADS:
+        raise ValueError(f"`spread` must be one of {SPREADS} (got {spread!r})")
     tasks = spatial_tasks(num_init_states) + object_tasks(num_init_states) + goal_tasks(num_init_states)
+    tasks = [replace(t, spread=spread) for t in tasks]
     seen = [t for t in tasks if t.spec.split == TRAIN_SPLIT]
     return seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT]
