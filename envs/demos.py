@@ -6,7 +6,7 @@ observation *before* the action, like robomimic)::
     data/                     attrs: total, env_args (JSON: suite, image size, ...)
       demo_<i>/               attrs: num_samples, instruction, task_name, task_index,
                                      init_state_id, split, family
-        actions               float32 [T, 7]     control-step resolution (not chunked)
+        actions               float32 [T, A]     control-step resolution (not chunked); A = 7, 14 bimanual
         obs/agentview_image   uint8   [T, S, S, 3] (HWC, like robomimic)
         obs/eye_in_hand_image uint8   [T, S, S, 3] (only with a wrist camera)
         obs/state             float32 [T, state_dim]
@@ -17,6 +17,7 @@ Command line (also reached as ``python -m vla_grpo demos ...``)::
 
     python -m vla_grpo.envs.demos --out demos.hdf5 --tasks train --per-task 1
     python -m vla_grpo.envs.demos --out spatial.hdf5 --tasks spatial/behind_plate,spatial/left_side --per-task 5
+    python -m vla_grpo.envs.demos --suite bimanual --out bimanual.hdf5 --tasks train --per-task 2 --image-size 64
 
 Demos use the task's initial states ``first_state, first_state + 1, ...`` and
 skip (and report) the rare state where the expert fails.
@@ -238,9 +239,10 @@ def read_demos(path: str | Path) -> list[Demo]:
 
 # -- command line ----------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """Write expert demos of the built-in tabletop suite (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="vla_grpo demos", description="Write scripted tabletop demos (robomimic HDF5).")
+    """Write expert demos of a built-in suite (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="vla_grpo demos", description="Write scripted demos (robomimic HDF5).")
     parser.add_argument("--out", required=True, help="output .hdf5 file")
+    parser.add_argument("--suite", default="tabletop", choices=("tabletop", "bimanual"), help="built-in suite")
     parser.add_argument("--tasks", default="train", help="split name, 'all', or comma-separated task names")
     parser.add_argument("--per-task", type=int, default=1, help="demos per task")
     parser.add_argument("--first-state", type=int, default=0, help="first initial-state id")
@@ -250,9 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.per_task < 1:
         parser.error(f"--per-task must be >= 1 (got {args.per_task})")
-    from .tabletop import TabletopSuite
+    if args.suite == "bimanual":
+        if args.wrist_camera:
+            parser.error("--wrist-camera: the bimanual suite has one agent-view camera")
+        from .bimanual import BimanualSuite
 
-    suite = TabletopSuite(image_size=args.image_size, wrist_camera=args.wrist_camera)
+        suite = BimanualSuite(image_size=args.image_size)
+    else:
+        from .tabletop import TabletopSuite
+
+        suite = TabletopSuite(image_size=args.image_size, wrist_camera=args.wrist_camera)
     try:
         summary = write_demos(suite, args.out, args.tasks, args.per_task, first_state=args.first_state,
                               progress=not args.quiet)

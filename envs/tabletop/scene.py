@@ -160,22 +160,22 @@ def object_body(obj: SceneObject) -> str:
 
 
 _HAND = """
-<body name="hand" gravcomp="1">
-  <joint name="hand_x" type="slide" axis="1 0 0" range="-0.35 0.35"/>
-  <joint name="hand_y" type="slide" axis="0 1 0" range="-0.3 0.3"/>
-  <joint name="hand_z" type="slide" axis="0 0 1" range="0 0.4"/>
+<body name="{p}hand" gravcomp="1">
+  <joint name="{p}hand_x" type="slide" axis="1 0 0" range="-0.35 0.35"/>
+  <joint name="{p}hand_y" type="slide" axis="0 1 0" range="-0.3 0.3"/>
+  <joint name="{p}hand_z" type="slide" axis="0 0 1" range="0 0.4"/>
   <inertial pos="0 0 0.06" mass="{hand_mass}" diaginertia="0.01 0.01 0.01"/>
-  <camera name="wrist" pos="0 -0.045 0.11" xyaxes="1 0 0 0 0.94 0.34" fovy="75"/>
-  <geom class="vis" type="box" pos="0 0 0.058" size="0.066 0.016 0.008" rgba="0.25 0.25 0.3 1"/>
+  <camera name="{p}wrist" pos="0 -0.045 0.11" xyaxes="1 0 0 0 0.94 0.34" fovy="75"/>
+  <geom class="vis" type="box" pos="0 0 0.058" size="0.066 0.016 0.008" rgba="{body_rgba}"/>
   <geom class="vis" type="cylinder" pos="0 0 0.085" size="0.022 0.02" rgba="0.35 0.35 0.4 1"/>
   <geom class="vis" type="cylinder" pos="0 0 0.45" size="0.016 0.35" rgba="0.55 0.55 0.6 1"/>
-  <body name="finger_l" pos="-{fx} 0 {fz}" gravcomp="1">
-    <joint name="finger_l" type="slide" axis="1 0 0" range="0 {closed}" damping="6"/>
-    <geom name="finger_l" class="solid" type="box" size="{fsize}" mass="0.05" rgba="0.15 0.15 0.18 1"/>
+  <body name="{p}finger_l" pos="-{fx} 0 {fz}" gravcomp="1">
+    <joint name="{p}finger_l" type="slide" axis="1 0 0" range="0 {closed}" damping="6"/>
+    <geom name="{p}finger_l" class="solid" type="box" size="{fsize}" mass="0.05" rgba="0.15 0.15 0.18 1"/>
   </body>
-  <body name="finger_r" pos="{fx} 0 {fz}" gravcomp="1">
-    <joint name="finger_r" type="slide" axis="-1 0 0" range="0 {closed}" damping="6"/>
-    <geom name="finger_r" class="solid" type="box" size="{fsize}" mass="0.05" rgba="0.15 0.15 0.18 1"/>
+  <body name="{p}finger_r" pos="{fx} 0 {fz}" gravcomp="1">
+    <joint name="{p}finger_r" type="slide" axis="-1 0 0" range="0 {closed}" damping="6"/>
+    <geom name="{p}finger_r" class="solid" type="box" size="{fsize}" mass="0.05" rgba="0.15 0.15 0.18 1"/>
   </body>
 </body>"""
 
@@ -184,14 +184,34 @@ _HAND = """
 # pushing them. Per axis, a stiff position servo plus a velocity servo fed the
 # commanded velocity track a moving target without lag.
 _HAND_ACTUATORS = """
-  <position name="hand_x" joint="hand_x" kp="{kp}"/>
-  <position name="hand_y" joint="hand_y" kp="{kp}"/>
-  <position name="hand_z" joint="hand_z" kp="{kp}"/>
-  <velocity name="hand_vx" joint="hand_x" kv="{kv}"/>
-  <velocity name="hand_vy" joint="hand_y" kv="{kv}"/>
-  <velocity name="hand_vz" joint="hand_z" kv="{kv}"/>"""
+  <position name="{p}hand_x" joint="{p}hand_x" kp="{kp}"/>
+  <position name="{p}hand_y" joint="{p}hand_y" kp="{kp}"/>
+  <position name="{p}hand_z" joint="{p}hand_z" kp="{kp}"/>
+  <velocity name="{p}hand_vx" joint="{p}hand_x" kv="{kv}"/>
+  <velocity name="{p}hand_vy" joint="{p}hand_y" kv="{kv}"/>
+  <velocity name="{p}hand_vz" joint="{p}hand_z" kv="{kv}"/>
+  <position name="{p}finger_l" joint="{p}finger_l" kp="200" forcerange="-6 6" ctrlrange="0 {closed}"/>
+  <position name="{p}finger_r" joint="{p}finger_r" kp="200" forcerange="-6 6" ctrlrange="0 {closed}"/>"""
 
-_TEMPLATE = """<mujoco model="tabletop">
+HAND_RGBA = "0.25 0.25 0.3 1"
+
+
+def hand_xml(prefix: str = "", body_rgba: str = HAND_RGBA) -> tuple[str, str, str]:
+    """MJCF of one servoed two-finger hand: ``(body, actuators, contact excludes)``.
+
+    Every name (bodies, joints, actuators, the ``wrist`` camera) starts with
+    ``prefix``, so a scene can hold several hands (``"left_"``, ``"right_"``).
+    Actuators come in the order x, y, z position, x, y, z velocity, two fingers.
+    """
+    f = FINGER_HALF
+    body = _HAND.format(p=prefix, hand_mass=HAND_MASS, fx=FINGER_OPEN_X, fz=f[2], closed=FINGER_CLOSED,
+                        fsize=f"{f[0]} {f[1]} {f[2]}", body_rgba=body_rgba)
+    actuators = _HAND_ACTUATORS.format(p=prefix, kp=HAND_KP, kv=HAND_KV, closed=FINGER_CLOSED)
+    exclude = f'<exclude body1="{prefix}finger_l" body2="{prefix}finger_r"/>'
+    return body, actuators, exclude
+
+
+_TEMPLATE = """<mujoco model="{model}">
 <compiler angle="radian" autolimits="true"/>
 <option timestep="{timestep}" integrator="implicitfast"/>
 <visual>
@@ -217,27 +237,27 @@ _TEMPLATE = """<mujoco model="tabletop">
 {objects}
 </worldbody>
 <actuator>{hand_actuators}
-  <position name="finger_l" joint="finger_l" kp="200" forcerange="-6 6" ctrlrange="0 {closed}"/>
-  <position name="finger_r" joint="finger_r" kp="200" forcerange="-6 6" ctrlrange="0 {closed}"/>
 </actuator>
-<contact><exclude body1="finger_l" body2="finger_r"/></contact>
+<contact>{exclude}</contact>
 </mujoco>
 """
 
 
+def scene_mjcf(objects: str, hands: tuple[tuple[str, str, str], ...], *, offscreen: int = 128,
+               model: str = "tabletop") -> str:
+    """MJCF text of a scene: table, cameras, the given hands (:func:`hand_xml`) and object bodies."""
+    return _TEMPLATE.format(
+        model=model, timestep=TIMESTEP, offscreen=max(int(offscreen), 64), tx=TABLE_HALF[0], ty=TABLE_HALF[1],
+        hand="\n".join(h[0] for h in hands), objects=objects,
+        hand_actuators="".join(h[1] for h in hands), exclude="".join(h[2] for h in hands),
+    )
+
+
 def build_mjcf(objects: tuple[SceneObject, ...], *, offscreen: int = 128) -> str:
-    """MJCF text of a scene: table, mocap hand with two fingers, cameras, objects.
+    """MJCF text of a tabletop scene: table, one hand with two fingers, cameras, objects.
 
     Args:
         objects: the scene's objects (bodies are named by their keys).
         offscreen: offscreen framebuffer side; must be >= the rendered image size.
     """
-    f = FINGER_HALF
-    hand = _HAND.format(
-        hand_mass=HAND_MASS, fx=FINGER_OPEN_X, fz=f[2], closed=FINGER_CLOSED, fsize=f"{f[0]} {f[1]} {f[2]}",
-    )
-    return _TEMPLATE.format(
-        timestep=TIMESTEP, offscreen=max(int(offscreen), 64), tx=TABLE_HALF[0], ty=TABLE_HALF[1],
-        hand=hand, objects="\n".join(object_body(o) for o in objects), closed=FINGER_CLOSED,
-        hand_actuators=_HAND_ACTUATORS.format(kp=HAND_KP, kv=HAND_KV),
-    )
+    return scene_mjcf("\n".join(object_body(o) for o in objects), (hand_xml(),), offscreen=offscreen)

@@ -6,12 +6,10 @@ actuators, so the hand pushes objects and the fingers stop on contact. A
 control step moves the hand target by at most :data:`MAX_DELTA` per axis from
 where the hand is, interpolated over :data:`SUBSTEPS` physics steps.
 
-**Grasp (documented simplification).** Friction grasps with two box fingers
-are fiddly, so when the gripper is commanded closed and *both* fingers touch
-the same graspable object (read from MuJoCo's contact list), the object is
-attached: every physics substep its free joint follows the hand at the
-offset it had when grasped, with the hand's velocity. Opening the gripper
-releases it (it keeps the hand's velocity and falls). Everything else --
+**Grasp (documented simplification).** When the gripper is commanded closed
+and *both* fingers touch the same graspable object, with the hand over it,
+the object is attached to the hand and follows it until the gripper opens
+(see :mod:`.hand`, shared with the bimanual suite). Everything else --
 fingers closing, objects resting, pushing, falling into a basket -- is plain
 simulation, and success is computed from the simulated state.
 """
@@ -22,7 +20,8 @@ import copy
 import mujoco
 import numpy as np
 
-from .scene import BASKET_INNER, BASKET_WALL, FINGER_CLOSED, TIMESTEP
+from .hand import Hand, pin_object
+from .scene import BASKET_INNER, BASKET_WALL
 from .tasks import FRONT_Y, LIFT_HEIGHT, TabletopTask
 
 SUBSTEPS = 2
@@ -60,15 +59,9 @@ class TabletopSim:
             self._dadr[obj.key] = int(joint.dofadr[0])
             if obj.kind.graspable:
                 self._key_of_body[int(body.id)] = obj.key
-        self._hand_q = int(model.joint("hand_x").qposadr[0])  # hand_x, hand_y, hand_z are consecutive
-        self._hand_v = int(model.joint("hand_x").dofadr[0])
+        self.hand = Hand(model)
         #: camera ids: (agent view, wrist)
-        self.cameras = (int(model.camera("agentview").id), int(model.camera("wrist").id))
-        self._fingers = (int(model.body("finger_l").id), int(model.body("finger_r").id))
-        self._finger_q = (int(model.joint("finger_l").qposadr[0]), int(model.joint("finger_r").qposadr[0]))
-        self.attached: str | None = None
-        self._offset = np.zeros(3)
-        self._quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self.cameras = (int(model.camera("agentview").id), self.hand.camera)
         self.steps = 0
 
     # -- state -----------------------------------------------------------
@@ -85,9 +78,7 @@ class TabletopSim:
             adr = self._qadr[obj.key]
             # resting exactly on the table: nothing needs to settle
             d.qpos[adr : adr + 7] = (x, y, obj.kind.collision_half[2], np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-        d.qpos[self._hand_q : self._hand_q + 3] = layout["hand"]
-        d.ctrl[:3] = layout["hand"]
-        self.attached = None
+        self.hand.place(d, layout["hand"])
         self.steps = 0
         mujoco.mj_forward(m, d)
 
@@ -95,14 +86,18 @@ class TabletopSim:
         """An independent copy (own ``MjData``) for look-ahead, e.g. by the expert."""
         other = copy.copy(self)
         other.data = copy.copy(self.data)
-        other._offset = self._offset.copy()
-        other._quat = self._quat.copy()
+        other.hand = self.hand.copy()
         return other
+
+    @property
+    def attached(self) -> str | None:
+        """Key of the object the hand holds, if any."""
+        return self.hand.attached
 
     @property
     def tcp(self) -> np.ndarray:
         """Tool centre point: between the finger tips (world frame)."""
-        return self.data.qpos[self._hand_q : self._hand_q + 3].copy()
+        return self.hand.tcp(self.data)
 
     def pos(self, key: str) -> np.ndarray:
         """Centre of an object (world frame)."""
@@ -129,7 +124,7 @@ class TabletopSim:
     @property
     def finger_q(self) -> np.ndarray:
         """Closing of each finger, 0 (open) to ``FINGER_CLOSED``."""
-        return self.data.qpos[list(self._finger_q)].copy()
+        return self.hand.finger_q(self.data)
 
     def proprio(self) -> np.ndarray:
         """LIBERO-shaped proprio state: tcp xyz, orientation (locked: zeros), finger qpos x2."""
@@ -146,61 +141,32 @@ class TabletopSim:
         fixed, top-down orientation. ``action[6] > 0`` closes the gripper.
         """
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        start = self.tcp
-        target = np.clip(start + a[:3] * MAX_DELTA, WORKSPACE_LO, WORKSPACE_HI)
-        close = a[6] > 0.0
-        if not close:
-            self.attached = None
         m, d = self.model, self.data
-        d.ctrl[3:6] = (target - start) / (SUBSTEPS * TIMESTEP)  # velocity feed-forward
-        d.ctrl[6:8] = FINGER_CLOSED if close else 0.0
+        close = self.hand.command(d, a, MAX_DELTA, WORKSPACE_LO, WORKSPACE_HI, SUBSTEPS)
         for k in range(1, SUBSTEPS + 1):
-            d.ctrl[:3] = start + (target - start) * (k / SUBSTEPS)
-            if self.attached is not None:
+            self.hand.servo(d, k / SUBSTEPS)
+            if self.hand.attached is not None:
                 self._carry()
             mujoco.mj_step(m, d)
-        if close and self.attached is None:
-            self._try_grasp()
+        if close and self.hand.attached is None:
+            self.hand.try_grasp(m, d, self._key_of_body, self._can_grasp, self._qadr.__getitem__)
         self.steps += 1
 
     def _carry(self) -> None:
         """Pin the held object to the hand (pose and velocity) for the next substep."""
-        adr, dof = self._qadr[self.attached], self._dadr[self.attached]
-        d = self.data
-        d.qpos[adr : adr + 3] = d.qpos[self._hand_q : self._hand_q + 3] + self._offset
-        d.qpos[adr + 3 : adr + 7] = self._quat
-        d.qvel[dof : dof + 3] = d.qvel[self._hand_v : self._hand_v + 3]
-        d.qvel[dof + 3 : dof + 6] = 0.0
+        hand, d = self.hand, self.data
+        pin_object(d, self._qadr[hand.attached], self._dadr[hand.attached], hand.tcp(d) + hand.offset,
+                   hand.quat, hand.velocity(d))
 
-    def _try_grasp(self) -> None:
-        """Attach the graspable object both fingers touch, if any.
+    def _can_grasp(self, key: str, tcp: np.ndarray) -> bool:
+        """The hand must be over the object (tool centre inside its footprint).
 
-        The hand must also be over the object (tool centre inside its
-        footprint), so that closed fingers pushing an object from behind
-        don't pick it up.
+        So closed fingers pushing an object from behind don't pick it up.
         """
-        d = self.data
-        if d.ncon == 0 or d.qpos[list(self._finger_q)].min() > FINGER_CLOSED - 0.002:
-            return  # fingers that closed all the way hold nothing: skip the contact scan
-        geoms = d.contact.geom
-        bodies = self.model.geom_bodyid[geoms]  # [ncon, 2]
-        touching = []
-        for finger in self._fingers:
-            hit = bodies[(bodies == finger).any(axis=1)]
-            touching.append(set(hit[hit != finger].tolist()))
-        for body in touching[0] & touching[1]:
-            key = self._key_of_body.get(body)
-            if key is None:
-                continue
-            adr = self._qadr[key]
-            hx, hy, _ = self.task.kind(key).collision_half
-            tcp = self.tcp
-            dx, dy = np.abs(d.qpos[adr : adr + 2] - tcp[:2])
-            if dx < hx + 0.01 and dy < hy:
-                self.attached = key
-                self._offset = d.qpos[adr : adr + 3] - tcp
-                self._quat = d.qpos[adr + 3 : adr + 7].copy()
-                return
+        adr = self._qadr[key]
+        hx, hy, _ = self.task.kind(key).collision_half
+        dx, dy = np.abs(self.data.qpos[adr : adr + 2] - tcp[:2])
+        return bool(dx < hx + 0.01 and dy < hy)
 
     # -- task ------------------------------------------------------------
     def success(self) -> bool:

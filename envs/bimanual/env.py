@@ -1,0 +1,46 @@
+"""The batched TorchRL env of the bimanual suite: the tabletop env with :class:`BimanualSim` sub-envs.
+
+Everything of the contract (chunked open-loop execution, one frame per
+decision, reward on first success, frozen finished sub-envs, ``_step`` masks,
+truncation, prompt ids) is :class:`~vla_grpo.envs.tabletop.env.TabletopEnv`'s;
+only the simulator of a sub-env differs.
+"""
+from __future__ import annotations
+
+import mujoco
+
+from ..tabletop.env import TabletopEnv
+from .scene import build_mjcf
+from .sim import BimanualSim
+from .tasks import BimanualTask
+
+#: compiled models, one per (scene, framebuffer size) and process
+_MODELS: dict[str, mujoco.MjModel] = {}
+
+
+def compile_model(task: BimanualTask, image_size: int) -> mujoco.MjModel:
+    """The (cached) compiled MuJoCo model of a task's scene."""
+    xml = build_mjcf(task.objects, offscreen=image_size)
+    model = _MODELS.get(xml)
+    if model is None:
+        model = _MODELS[xml] = mujoco.MjModel.from_xml_string(xml)
+    return model
+
+
+class BimanualEnv(TabletopEnv):
+    """Batch-locked env of ``num_envs`` bimanual sub-envs executing ``chunk_size``-step 14-D chunks.
+
+    Args:
+        suite: the :class:`~vla_grpo.envs.bimanual.BimanualSuite`.
+        num_envs: number of sub-envs.
+        chunk_size: simulator steps per action chunk (``H``).
+        seed: unused: initial states come from ``init_state_id`` and the
+            simulation is deterministic.
+    """
+
+    def _sim(self, i: int, task_index: int) -> BimanualSim:
+        sim = self._sims[i].get(task_index)
+        if sim is None:
+            task = self.suite.task(task_index)
+            sim = self._sims[i][task_index] = BimanualSim(task, compile_model(task, self.suite.image_size))
+        return sim

@@ -1,0 +1,230 @@
+"""Tests of the RoboTwin-style bimanual suite (CPU, headless EGL): catalogue, env contract, experts, configs."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data.vla import validate_vla_tensordict
+from torchrl.envs.utils import check_env_specs
+
+from vla_grpo.envs.base import TRAIN_SPLIT, Suite
+from vla_grpo.envs.bimanual import BimanualSuite
+from vla_grpo.envs.bimanual.tasks import HORIZON, REACH_X
+from vla_grpo.envs.tabletop.evaluate import expert_success
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("lift_pot", "beat_block_hammer", "pick_dual_bottles", "place_phone_stand", "move_can_pot",
+         "place_a2b_left", "place_empty_cup", "handover_mic", "handover_block", "stack_bowls_two")
+
+
+@pytest.fixture(scope="module")
+def suite() -> BimanualSuite:
+    return BimanualSuite(image_size=64)
+
+
+def prompts(tasks, states, groups=None) -> TensorDict:
+    n = len(tasks)
+    groups = list(range(n)) if groups is None else groups
+    return TensorDict(
+        {"task_index": torch.tensor(tasks).view(n, 1), "init_state_id": torch.tensor(states).view(n, 1),
+         "group_id": torch.tensor(groups).view(n, 1)},
+        batch_size=[n],
+    )
+
+
+# -- catalogue -------------------------------------------------------------
+def test_catalogue_has_robotwin_tasks_seen_and_unseen_with_horizons(suite):
+    assert isinstance(suite, Suite) and suite.action_dim == 14 and suite.state_dim == 16
+    assert suite.splits == [TRAIN_SPLIT, "unseen"]
+    seen, unseen = suite.tasks(TRAIN_SPLIT), suite.tasks("unseen")
+    assert [t.name for t in seen] == list(TASKS)
+    assert [t.name for t in unseen] == [f"unseen/{n}" for n in TASKS]
+    bands = {"short": (100, 130), "medium": (150, 230), "long": (280, 320)}
+    for t in suite.all_tasks():
+        lo, hi = bands[t.family]
+        assert lo <= t.max_steps <= hi and t.max_steps == HORIZON[t.family] and t.num_init_states == 50
+    assert [t.family for t in seen] == ["short"] * 4 + ["medium"] * 4 + ["long"] * 2
+
+
+def test_unseen_variants_recolour_and_move_objects(suite):
+    for i in range(10):
+        a, b = suite.task(i), suite.task(i + 10)
+        assert a.spec.instruction == b.spec.instruction and a.goal == b.goal
+        assert [o.kind.rgba for o in a.objects] != [o.kind.rgba for o in b.objects]
+        ya = [p[1] for k, p in a.init_layout(3).items() if not k.endswith("hand")]
+        yb = [p[1] for k, p in b.init_layout(3).items() if not k.endswith("hand")]
+        assert max(ya) <= 0.0 < 0.01 <= min(yb)  # disjoint depth bands
+
+
+def test_init_states_are_fixed_and_collision_free(suite):
+    for i, spec in enumerate(suite.all_tasks()):
+        task = suite.task(i)
+        assert task.init_layout(7) == task.init_layout(7) and task.init_layout(0) != task.init_layout(1)
+        for k in range(spec.num_init_states):
+            layout = task.init_layout(k)
+            for a, b in itertools.combinations(task.objects, 2):
+                d = np.hypot(*np.subtract(layout[a.key][:2], layout[b.key][:2]))
+                assert d > a.kind.footprint + b.kind.footprint, f"{spec.name} state {k}: {a.key} overlaps {b.key}"
+    with pytest.raises(ValueError, match="init_state_id 50 is out of range"):
+        suite.task(0).init_layout(50)
+
+
+# -- env contract ----------------------------------------------------------
+def test_every_task_builds_resets_deterministically_and_steps(suite):
+    n = len(suite.all_tasks())
+    env_a, env_b = suite.make_env(n, chunk_size=4), suite.make_env(n, chunk_size=4)
+    td = env_a.reset(prompts(list(range(n)), [0] * n))
+    validate_vla_tensordict(td.clone().set("action", env_a.action_spec.zero()))
+    img = td["observation", "image"]
+    assert img.shape == (n, 3, 64, 64) and img.dtype == torch.uint8
+    assert (img.float().flatten(1).std(1) > 10).all()  # a real scene, not a blank frame
+    assert td["observation", "state"].shape == (n, 16)
+    assert list(td["language_instruction"]) == [t.instruction for t in suite.all_tasks()]
+    assert not td["success"].any() and not td["done"].any()
+    first = img.clone()
+    env_a.step(td.set("action", env_a.action_spec.rand()))  # move things, then reset again
+    again = env_a.reset(prompts(list(range(n)), [0] * n))["observation", "image"]
+    other = env_b.reset(prompts(list(reversed(range(n))), [0] * n))["observation", "image"]
+    assert torch.equal(first, again) and torch.equal(first, other.flip(0))  # same id -> same first frame
+    assert not torch.equal(first[0], env_b.reset(prompts([0] * n, [1] * n))["observation", "image"][0])
+    env_a.close()
+    env_b.close()
+
+
+def test_torchrl_check_env_specs(suite):
+    env = suite.make_env(2, chunk_size=4)
+    env.reset(prompts([0, 9], [0, 1]))
+    check_env_specs(env)
+    env.close()
+
+
+def test_chunk_success_reward_freeze_and_partial_step_mask(suite):
+    task = suite.task_index("lift_pot")
+    env = suite.make_env(2, chunk_size=8)
+    td = env.reset(prompts([task, task], [0, 0]))
+    rewards = []
+    for _ in range(10):
+        td["action"] = env.expert_chunk()
+        td["_step"] = torch.tensor([True, False])  # sub-env 1 masked out: keeps its state
+        td = env.step(td)["next"]
+        rewards.append(float(td["reward"][0]))
+    assert sum(rewards) == 1.0 and td["terminated"][0] and not td["truncated"][0]
+    assert env.sims[1].steps == 0 and not td["done"][1]
+    steps, frame = env.sims[0].steps, td["observation", "image"][0].clone()
+    again = env.step(td.set("action", env.action_spec.rand()))["next"]  # a finished sub-env stays frozen
+    assert env.sims[0].steps == steps and torch.equal(again["observation", "image"][0], frame)
+    assert again["reward"][0] == 0 and again["success"][0]
+    env.close()
+
+
+def test_truncation_at_the_step_limit(suite):
+    task = suite.task_index("handover_mic")
+    limit = suite.all_tasks()[task].max_steps
+    env = suite.make_env(1, chunk_size=16)
+    td = env.reset(prompts([task], [0]))
+    decisions = 0
+    while not td["done"].any():
+        td = env.step(td.set("action", torch.zeros(1, 16, 14)))["next"]
+        decisions += 1
+    assert decisions == -(-limit // 16) and env.sims[0].steps == limit
+    assert td["truncated"][0] and not td["terminated"][0]
+    env.close()
+
+
+def test_each_arm_reaches_only_its_side_and_the_middle(suite):
+    env = suite.make_env(1, chunk_size=1)
+    env.reset(prompts([suite.task_index("handover_block")], [0]))
+    sim = env.sims[0]
+    for _ in range(60):  # left arm pushes right, right arm pushes left
+        sim.step(np.array([1.0, 0, 0, 0, 0, 0, -1, -1.0, 0, 0, 0, 0, 0, -1]))
+    assert sim.tcp(0)[0] == pytest.approx(REACH_X["left"][1], abs=2e-3)
+    assert sim.tcp(1)[0] == pytest.approx(REACH_X["right"][0], abs=2e-3)
+    env.close()
+
+
+def test_pot_needs_both_hands(suite):
+    """One hand lifting the pot by its handle is not a success; the goal asks for both."""
+    task = suite.task_index("lift_pot")
+    env = suite.make_env(1, chunk_size=1)
+    env.reset(prompts([task], [0]))
+    sim, expert = env.sims[0], suite.expert(task)
+    while sim.holders("pot") != {0} and sim.steps < 100:
+        a = expert.act(sim)
+        a[7:] = 0.0
+        a[13] = -1.0  # the right arm stays open, where it is
+        sim.step(a)
+    assert sim.holders("pot") == {0}
+    for _ in range(20):
+        sim.step(np.array([0, 0, 1.0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, -1]))
+    assert sim.bottom("pot") > 0.06 and not sim.success()
+    env.close()
+
+
+# -- experts and demos -----------------------------------------------------
+def test_expert_succeeds_on_sampled_states_of_every_task(suite):
+    results = expert_success(suite, range(len(suite.all_tasks())), [0, 31], chunk_size=8, num_envs=20)
+    failed = {suite.all_tasks()[t].name: r.successes for t, r in results.items() if not all(r.successes)}
+    assert not failed
+    for t, r in results.items():
+        assert max(r.steps) < suite.all_tasks()[t].max_steps
+
+
+@pytest.mark.slow
+def test_expert_success_is_at_least_90_percent_on_20_states_per_task(suite):
+    results = expert_success(suite, range(len(suite.all_tasks())), range(20), chunk_size=8, num_envs=20)
+    rates = {suite.all_tasks()[t].name: r.rate for t, r in results.items()}
+    assert min(rates.values()) >= 0.9, rates
+
+
+def test_demos_cli_writes_bimanual_demos(tmp_path):
+    from vla_grpo.cli import main
+    from vla_grpo.envs.demos import read_demos
+
+    out = tmp_path / "bimanual.hdf5"
+    main(["demos", "--suite", "bimanual", "--out", str(out), "--tasks", "handover_mic,unseen/lift_pot",
+          "--per-task", "1", "--image-size", "32", "--quiet"])
+    demos = read_demos(out)
+    assert [d.task_name for d in demos] == ["handover_mic", "unseen/lift_pot"]
+    for d in demos:
+        assert d.actions.shape[1] == 14 and d.states.shape[1] == 16 and d.images.shape[1:] == (32, 32, 3)
+        assert d.rewards[-1] == 1.0 and d.dones[-1] == 1
+
+
+# -- configs -----------------------------------------------------------------
+FAST = ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0"]
+
+
+@pytest.mark.parametrize("config", ["sft_robotwin.yaml", "robotwin.yaml"])
+def test_configs_parse(config):
+    from vla_grpo.cli import VLACLI
+
+    extra = ["--model.init_args.init_from=null"] if config == "robotwin.yaml" else []
+    cli = VLACLI(args=["-c", str(ROOT / "conf" / config), "--trainer.logger=false", *extra], run=False)
+    assert isinstance(cli.model.suite, BimanualSuite)
+    assert cli.model.policy.action_dim == 14 and cli.model.policy.state_dim == 16
+
+
+def test_sft_then_two_grpo_steps_from_the_cli(tmp_path):
+    """conf/sft_robotwin.yaml (2 steps) writes last.ckpt; conf/robotwin.yaml runs 2 GRPO steps from it."""
+    from vla_grpo.cli import main
+    from vla_grpo.tb import read_scalars
+
+    sft_root, grpo_root = tmp_path / "sft", tmp_path / "grpo"
+    main(["fit", "-c", str(ROOT / "conf/sft_robotwin.yaml"), f"--trainer.default_root_dir={sft_root}",
+          f"--trainer.logger.init_args.save_dir={sft_root}", "--trainer.max_steps=2",
+          f"--trainer.callbacks.init_args.dirpath={sft_root}/checkpoints", f"--data.cache_dir={tmp_path}/demos",
+          "--data.tasks=handover_mic,lift_pot", "--data.batch_size=8", *FAST])
+    ckpt = sft_root / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    main(["fit", "-c", str(ROOT / "conf/robotwin.yaml"), f"--trainer.default_root_dir={grpo_root}",
+          f"--trainer.logger.init_args.save_dir={grpo_root}", "--trainer.max_steps=2", "--trainer.callbacks=[]",
+          f"--model.init_from={ckpt}", "--model.group_size=2", "--model.groups_per_step=1",
+          "--model.prompts_per_round=2", "--model.max_rollout_rounds=1", "--model.num_workers=1",
+          "--model.dynamic_sampling=false", *FAST])  # an untrained policy rarely gives a mixed group
+    scalars = read_scalars(grpo_root)
+    assert [s for s, _ in scalars["rollout/success_rate"]] == [0, 1]
+    assert "train/loss_objective" in scalars
