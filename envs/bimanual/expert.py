@@ -16,7 +16,7 @@ import numpy as np
 
 from ..tabletop.expert import CARRY_BOTTOM, CLOSE, OPEN, TRANSIT_Z, _move, _xy_dist
 from ..tabletop.sim import MAX_DELTA
-from .scene import POT_HANDLE_HALF, POT_HANDLE_X, grasp_parts, pot_handle_z
+from .scene import HAMMER_HEAD, POT_HANDLE_HALF, POT_HANDLE_X, grasp_parts, pot_handle_z
 from .sim import BimanualSim
 from .tasks import BimanualTask
 
@@ -142,7 +142,7 @@ def beat_block_hammer(sim: BimanualSim) -> np.ndarray:
         handle = sim.to_world(hammer, (cx, cy, 0.0))
         return both(sim, {arm: fetch(sim, arm, [handle[0], handle[1], sim.bottom(hammer) + 0.006])})
     tcp, head = sim.tcp(arm), sim.hammer_head(hammer)
-    head_bottom = head[2] - 0.02
+    head_bottom = head[2] - HAMMER_HEAD[1][2]
     dest = sim.pos(block)[:2] - (head - tcp)[:2]
     clear = sim.top(block) + 0.03
     dxy = _xy_dist(tcp, dest)
