@@ -1,6 +1,7 @@
 """Small builders shared by tests (real TensorDicts in the trainer's layout)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from tensordict import TensorDict
 
@@ -39,3 +40,13 @@ def make_trajectory(*, group_id: int, traj_id: int, length: int, success: bool) 
         },
         batch_size=[length],
     )
+
+
+def run_cli_error(capsys, *args) -> str:
+    """Runs the CLI in-process; returns stderr. A config error must exit 2, not raise."""
+    from vla_grpo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err

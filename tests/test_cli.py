@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli_error
 from vla_grpo.cli import VLACLI, main
 from vla_grpo.losses import LOSSES
 
@@ -39,14 +40,6 @@ def test_two_fit_steps_with_each_loss(loss_cls, tmp_path):
     assert "train/loss_objective" in scalars
 
 
-def _run_cli_in_process(capsys, *args) -> str:
-    """Runs the CLI; returns stderr. A config error must exit 2, not raise."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "override, needle",
     [
@@ -55,10 +48,11 @@ def _run_cli_in_process(capsys, *args) -> str:
         ("--model.group_size=1", "`--model.group_size` must be >= 2 (got 1)"),
         ("--model.loss.init_args.clip_high=-0.5", "`--model.loss.init_args.clip_high` must be >= 0 (got -0.5)"),
         ("--model.init_from=/nonexistent.ckpt", "no checkpoint file at /nonexistent.ckpt"),
+        ("--model.train_first_state=500", "`--model.train_first_state` is 500"),
     ],
 )
 def test_bad_config_gives_a_one_line_error_naming_the_field(override, needle, tmp_path, capsys):
-    err = _run_cli_in_process(capsys, "fit", "-c", str(ROOT / "conf/toy.yaml"),
+    err = run_cli_error(capsys, "fit", "-c", str(ROOT / "conf/toy.yaml"),
                               f"--trainer.default_root_dir={tmp_path}", override)
     error_lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(error_lines) == 1 and needle in error_lines[0], err[-2000:]
@@ -67,7 +61,7 @@ def test_bad_config_gives_a_one_line_error_naming_the_field(override, needle, tm
 def test_unknown_key_in_a_yaml_file_names_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "conf/toy.yaml").read_text().replace("group_size: 8", "group_size: 8\n    grup_sise: 3"))
-    err = _run_cli_in_process(capsys, "fit", "-c", str(bad))
+    err = run_cli_error(capsys, "fit", "-c", str(bad))
     error_lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(error_lines) == 1 and "grup_sise" in error_lines[0], err[-2000:]
 

@@ -132,6 +132,15 @@ def test_ranks_get_disjoint_prompt_shards():
     assert a and b and not a & b
 
 
+def test_training_prompts_leave_the_eval_states_out():
+    suite = ToyReachSuite(num_init_states=10)
+    held_out = PromptSampler(suite, first_state=4)
+    assert {p.init_state_id for p in held_out.prompts} == set(range(4, 10))
+    assert len(held_out.prompts) == 6 * len(suite.tasks("train"))
+    with pytest.raises(ValueError, match="no training prompts"):
+        PromptSampler(suite, first_state=10)
+
+
 class _Sabotage:
     """Wraps a policy; on its ``at``-th call sends ``sig`` to one simulator worker."""
 
@@ -192,3 +201,28 @@ def test_two_process_ddp_runs_different_prompts_and_keeps_weights_identical(tmp_
     assert not set(map(tuple, ranks[0]["prompts"])) & set(map(tuple, ranks[1]["prompts"]))
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], abs=0)
     assert ranks[0]["weights_changed"] and ranks[1]["weights_changed"]
+
+
+def test_steps_without_any_mixed_group_still_count_and_move_no_weight(tmp_path):
+    """An untrained policy on the tabletop never succeeds: every group is all-fail and dropped.
+
+    The GRPO step must still count (or ``max_steps`` never comes) and leave the weights alone.
+    """
+    import lightning as L
+
+    from vla_grpo.module import GRPOModule
+
+    suite = TabletopSuite(image_size=16)
+    torch.manual_seed(0)
+    policy = TinyVLAPolicy(action_dim=7, chunk_size=8, state_dim=8, image_size=16, hidden_dim=16, vocab_size=32)
+    module = GRPOModule(policy, suite, group_size=2, groups_per_step=1, max_rollout_rounds=1,
+                        eval_states_per_task=1)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module)
+    assert trainer.global_step == 2
+    assert module.buffer.stats()["written_groups"] == 0  # nothing was trainable
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
-from vla_grpo.envs.base import Suite
+from vla_grpo.envs.base import TRAIN_SPLIT, Suite
 from vla_grpo.evaluation import EvalPrompts, greedy_success, split_counts
 from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY, RETURN_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
@@ -37,6 +37,7 @@ from vla_grpo.rollout import (
     attach_instructions,
     split_trajectories,
 )
+from vla_grpo.stages import SFTStage
 
 
 class _StepTicker(IterableDataset):
@@ -76,9 +77,16 @@ class GRPOModule(L.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient-norm clip.
-        eval_states_per_task: greedy episodes per task at validation.
+        eval_states_per_task: greedy episodes per task at validation (initial states
+            ``0 .. eval_states_per_task-1``).
+        train_first_state: rollouts use each train task's initial states from this
+            one on. None: right after the eval states, so RL never trains on an
+            episode it is evaluated on; 0: every state (LIBERO practice).
         eval_splits: splits to evaluate (None = all of the suite's splits).
         init_from: a checkpoint (``.ckpt`` from SFT or GRPO) to start the policy from.
+        sft: an :class:`~vla_grpo.stages.SFTStage` to start from instead: at the
+            start of ``fit``, its checkpoint, fitted first when missing (demos ->
+            SFT -> GRPO in one command).
         seed: seed of the prompt draws.
     """
 
@@ -102,8 +110,10 @@ class GRPOModule(L.LightningModule):
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
         eval_states_per_task: int = 8,
+        train_first_state: int | None = None,
         eval_splits: list[str] | None = None,
         init_from: str | None = None,
+        sft: SFTStage | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -113,6 +123,13 @@ class GRPOModule(L.LightningModule):
         _positive("ppo_epochs", ppo_epochs)
         _positive("num_minibatches", num_minibatches)
         _positive("eval_states_per_task", eval_states_per_task)
+        if train_first_state is not None:
+            _positive("train_first_state", train_first_state, 0)
+        first = eval_states_per_task if train_first_state is None else train_first_state
+        most = max(t.num_init_states for t in suite.tasks(TRAIN_SPLIT))
+        if first >= most:
+            raise ValueError(f"`--model.train_first_state` is {first} (eval_states_per_task when unset) but "
+                             f"train tasks have at most {most} initial states: nothing left to train on")
         if rollout_temperature <= 0:
             raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {rollout_temperature})")
         if prompt_sampling not in ("success_aware", "uniform"):
@@ -120,7 +137,9 @@ class GRPOModule(L.LightningModule):
         _positive("num_workers", num_workers)
         if prompts_per_round is not None:
             _positive("prompts_per_round", prompts_per_round)
-        self.save_hyperparameters(ignore=["policy", "suite", "loss"])
+        if init_from and sft is not None:
+            raise ValueError("`--model.init_from` and `--model.sft` both name a starting point; give one")
+        self.save_hyperparameters(ignore=["policy", "suite", "loss", "sft"])
         self.automatic_optimization = False
         self.policy = policy
         self.suite = suite
@@ -128,6 +147,7 @@ class GRPOModule(L.LightningModule):
         self.policy.temperature = rollout_temperature
         self.prompts_per_round = prompts_per_round or groups_per_step
         self.reference = None
+        self.sft = sft
         if init_from:
             from vla_grpo.checkpoint import load_policy_weights
 
@@ -145,8 +165,15 @@ class GRPOModule(L.LightningModule):
 
     # -- Lightning plumbing ----------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.sft is not None and stage == "fit":
+            from vla_grpo.checkpoint import load_policy_weights
+
+            load_policy_weights(self.policy, self.sft.run(rank=self.global_rank))
         seed = self.hparams.seed * 1_000 + self.global_rank
-        shard = dict(rank=self.global_rank, world_size=self.trainer.world_size, seed=self.hparams.seed)
+        first = self.hparams.train_first_state
+        first = self.hparams.eval_states_per_task if first is None else first
+        shard = dict(first_state=first, rank=self.global_rank, world_size=self.trainer.world_size,
+                     seed=self.hparams.seed)
         if self.hparams.prompt_sampling == "success_aware":
             self.sampler = SuccessAwarePromptSampler(self.suite, group_size=self.hparams.group_size, **shard)
         else:
@@ -242,6 +269,11 @@ class GRPOModule(L.LightningModule):
         """``ppo_epochs`` x ``num_minibatches`` optimizer steps (the same count on every rank)."""
         opt = self.optimizers()
         if self._all_reduce(0 if data is None else data.shape[0]) == 0:
+            # no mixed group on any rank: the step still counts (so max_steps and
+            # val_check_interval hold when nothing is learnable yet) but moves no
+            # weight -- the optimizer skips parameters whose grad is None
+            opt.zero_grad(set_to_none=True)
+            opt.step()
             return {}
         n = 0 if data is None else data.shape[0]
         if data is not None and self.reference is not None:

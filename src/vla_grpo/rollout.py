@@ -60,13 +60,15 @@ class Prompt(NamedTuple):
     init_state_id: int
 
 
-def split_prompts(suite: Suite, split: str, states_per_task: int | None = None) -> list[Prompt]:
-    """All prompts of a split: every task x its first ``states_per_task`` initial states."""
+def split_prompts(
+    suite: Suite, split: str, states_per_task: int | None = None, first_state: int = 0
+) -> list[Prompt]:
+    """Every task of a split x its initial states ``first_state, ...`` (``states_per_task`` of them, or all)."""
     out = []
     for task in suite.tasks(split):
         index = suite.task_index(task.name)
-        n = task.num_init_states if states_per_task is None else min(states_per_task, task.num_init_states)
-        out.extend(Prompt(index, s) for s in range(n))
+        stop = task.num_init_states if states_per_task is None else first_state + states_per_task
+        out.extend(Prompt(index, s) for s in range(first_state, min(stop, task.num_init_states)))
     return out
 
 
@@ -74,11 +76,16 @@ class PromptSampler:
     """Uniform prompt draws from this rank's shard of the train split.
 
     Ranks get disjoint shards (``prompts[rank::world_size]``), so DDP ranks roll
-    out different prompts with their own simulators.
+    out different prompts with their own simulators. ``first_state`` leaves each
+    task's initial states below it out (the greedy eval's states).
     """
 
-    def __init__(self, suite: Suite, *, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
-        prompts = split_prompts(suite, TRAIN_SPLIT)
+    def __init__(self, suite: Suite, *, first_state: int = 0, rank: int = 0, world_size: int = 1,
+                 seed: int = 0) -> None:
+        prompts = split_prompts(suite, TRAIN_SPLIT, first_state=first_state)
+        if not prompts:
+            raise ValueError(f"no training prompts: every train task has <= {first_state} initial states "
+                             "(`--model.train_first_state` too high?)")
         self.prompts = prompts[rank::world_size] or prompts
         self.index = {p: i for i, p in enumerate(self.prompts)}
         self.generator = torch.Generator().manual_seed(seed * 1_000 + rank)
@@ -117,8 +124,8 @@ class SuccessAwarePromptSampler(PromptSampler):
     """
 
     def __init__(self, suite: Suite, *, group_size: int, decay: float = 0.7, floor: float = 0.02,
-                 rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
-        super().__init__(suite, rank=rank, world_size=world_size, seed=seed)
+                 first_state: int = 0, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        super().__init__(suite, first_state=first_state, rank=rank, world_size=world_size, seed=seed)
         self.group_size = group_size
         self.decay = decay
         self.floor = floor

@@ -1,0 +1,89 @@
+"""Chaining the recipe's stages in one command: SFT first, when its checkpoint is missing.
+
+``GRPOModule(sft=SFTStage(...))`` makes ``python -m vla_grpo fit -c conf/quickstart.yaml``
+run demos -> SFT -> GRPO on a fresh machine: if the SFT stage's ``last.ckpt`` is
+not there yet, the SFT config is fitted first (demos are written by its
+DataModule), then GRPO starts from its weights. An existing checkpoint is
+reused, so a second GRPO run (another seed, an ablation) skips the SFT stage.
+
+The SFT fit runs as a child ``python -m vla_grpo fit`` process rather than
+in-process: a fresh process gets its own seed, Trainer and logger state, and
+the GRPO run's CLI arguments can't leak into it. It runs in ``GRPOModule.setup``
+at the start of ``fit`` (instantiating a config runs nothing). Under DDP only
+global rank 0 runs it; the other ranks wait for the checkpoint (so the run
+directory must be on a filesystem every node sees).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class SFTStage:
+    """Fit an SFT config into ``<root_dir>/checkpoints/last.ckpt`` unless it is already there.
+
+    Args:
+        config: the SFT YAML (``conf/sft_tabletop.yaml``); its model must be an
+            ``SFTModule`` whose policy and suite match the GRPO config's.
+        root_dir: the SFT run's directory (logs, checkpoints); its
+            ``checkpoints/last.ckpt`` is what GRPO starts from.
+        args: extra command-line overrides for the SFT fit
+            (``["--data.demos_per_task=1", "--trainer.max_steps=3000"]``).
+        wait_s: how long ranks other than 0 wait for rank 0's checkpoint.
+    """
+
+    def __init__(self, config: str, root_dir: str, args: list[str] | None = None, wait_s: float = 7200.0) -> None:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"`--model.sft.init_args.config`: no SFT config file at {config}")
+        self.config = str(config)
+        self.root_dir = Path(root_dir)
+        self.args = list(args or [])
+        self.wait_s = float(wait_s)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root_dir / "checkpoints" / "last.ckpt"
+
+    def command(self) -> list[str]:
+        """The child process's command line."""
+        root = str(self.root_dir)
+        return [
+            sys.executable, "-m", "vla_grpo", "fit", "-c", self.config,
+            f"--trainer.default_root_dir={root}",
+            f"--trainer.logger.init_args.save_dir={root}",
+            f"--trainer.callbacks.init_args.dirpath={self.checkpoint.parent}",
+            *self.args,
+        ]
+
+    def run(self, rank: int = 0) -> Path:
+        """The SFT checkpoint, fitted first if missing (by global rank 0; other ranks wait for it)."""
+        if self.checkpoint.is_file():
+            print(f"[vla_grpo] SFT stage: reusing {self.checkpoint}", flush=True)
+            return self.checkpoint
+        if rank != 0:
+            return self._wait()
+        print(f"[vla_grpo] SFT stage: {self.checkpoint} is missing, running: "
+              f"{' '.join(self.command()[1:])}", flush=True)
+        start = time.perf_counter()
+        result = subprocess.run(self.command(), check=False)
+        if result.returncode != 0 or not self.checkpoint.is_file():
+            raise RuntimeError(f"`--model.sft`: the SFT fit of {self.config} failed (exit {result.returncode}, "
+                               f"no {self.checkpoint}); its output is above")
+        print(f"[vla_grpo] SFT stage done in {time.perf_counter() - start:.0f} s: {self.checkpoint}", flush=True)
+        return self.checkpoint
+
+    def _wait(self) -> Path:
+        deadline = time.monotonic() + self.wait_s
+        while not self.checkpoint.is_file():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"`--model.sft`: waited {self.wait_s:.0f} s for rank 0's {self.checkpoint}")
+            time.sleep(2.0)
+        return self.checkpoint
+
+    def __repr__(self) -> str:
+        return f"SFTStage(config={self.config!r}, root_dir={str(self.root_dir)!r}, args={self.args!r})"
+
+
+__all__ = ["SFTStage"]
