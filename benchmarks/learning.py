@@ -1,0 +1,192 @@
+"""The recipe and its ablations over seeds: does GRPO lift 1-demo SFT, and what matters?
+
+Each (variant, seed) is one ``python -m vla_grpo fit -c conf/quickstart.yaml`` (demos ->
+1-demo SFT -> GRPO -> greedy eval on every split at GRPO's first and last step),
+with the variant's overrides. The SFT stage is per seed and shared by the GRPO
+variants of that seed (its checkpoint is reused), so an ablation's difference is
+the RL stage's alone.
+
+Variants:
+
+* ``full``: the recipe (dynamic sampling, clip 0.2/0.28, T=1.6, no KL);
+* ``no_dynamic_sampling``: all-equal groups are trained on (advantage 0);
+* ``symmetric_clip``: clip 0.2/0.2 (no clip-higher);
+* ``temperature_1``: rollout temperature 1.0;
+* ``zero_demo``: GRPO from the untrained policy (SFT on 0 demos);
+* ``extra_demos``: no RL: SFT on ``--extra-demos`` demos per task instead, evaluated
+  on the same episodes (compare on the unseen splits).
+
+Writes ``<out>/learning.json`` (every number), ``<out>/learning_curve.png`` (rollout
+success per GRPO step, mean and range over seeds) and prints the markdown tables
+that ``docs/RESULTS.md`` quotes.
+
+    python benchmarks/learning.py --seeds 0 1 2                         # everything (hours on 2 cores)
+    python benchmarks/learning.py --seeds 0 --variants full zero_demo   # a subset
+    python benchmarks/learning.py --report-only                         # re-read finished runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from vla_grpo.tb import read_scalars  # noqa: E402
+
+CONFIG = "conf/quickstart.yaml"
+SFT_CONFIG = "conf/sft_tabletop.yaml"
+VARIANTS = {
+    "full": [],
+    "no_dynamic_sampling": ["--model.dynamic_sampling=false"],
+    "symmetric_clip": ["--model.loss.init_args.clip_high=0.2"],
+    "temperature_1": ["--model.rollout_temperature=1.0"],
+    "zero_demo": [],
+    "extra_demos": [],
+}
+SPLITS = ("train", "unseen_spatial", "unseen_object", "unseen_goal")
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def _sft_root(out: Path, demos: int, seed: int) -> Path:
+    return out / f"sft{demos}_seed{seed}"
+
+
+def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra_demos: int) -> float:
+    """Runs one (variant, seed); returns its wall-clock seconds."""
+    run = out / f"{variant}_seed{seed}"
+    if variant == "extra_demos":
+        sft = _sft_root(out, extra_demos, seed)
+        cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", SFT_CONFIG, f"--seed_everything={seed}",
+               f"--data.demos_per_task={extra_demos}", f"--trainer.default_root_dir={sft}",
+               f"--trainer.logger.init_args.save_dir={sft}", f"--trainer.callbacks.init_args.dirpath={sft}/checkpoints",
+               "--trainer.enable_progress_bar=false"]
+        return _run(cmd, run / "log.txt")
+    demos = 0 if variant == "zero_demo" else 1
+    sft_args = [f"--seed_everything={seed}", f"--data.demos_per_task={demos}", "--trainer.limit_val_batches=0",
+                "--trainer.enable_progress_bar=false"]
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", CONFIG, f"--seed_everything={seed}",
+           f"--model.seed={seed}", f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
+           f"--model.sft.init_args.root_dir={_sft_root(out, demos, seed)}",
+           f"--model.sft.init_args.args={json.dumps(sft_args)}", "--trainer.enable_progress_bar=false",
+           *VARIANTS[variant]]
+    if max_steps is not None:
+        cmd.append(f"--trainer.max_steps={max_steps}")
+    return _run(cmd, run / "log.txt")
+
+
+def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | None:
+    """``{before: {split: success}, after: {...}, curve: [(step, rollout success)]}`` of a finished run."""
+    tb = _sft_root(out, extra_demos, seed) if variant == "extra_demos" else out / f"{variant}_seed{seed}"
+    if not tb.exists():
+        return None
+    scalars = read_scalars(tb)
+    evals = {s: scalars.get(f"eval/{s}/success", []) for s in SPLITS}
+    if not all(evals.values()):
+        return None
+    return {
+        "before": {s: v[0][1] for s, v in evals.items()},
+        "after": {s: v[-1][1] for s, v in evals.items()},
+        "eval_steps": [step for step, _ in evals["train"]],
+        "curve": scalars.get("rollout/success_rate", []),
+    }
+
+
+def _mean_range(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
+def report(results: dict, seeds: list[int], out: Path) -> str:
+    lines = ["| variant | seeds | seen before | seen after | seen gain | unseen spatial | unseen object | unseen goal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for variant, runs in results.items():
+        runs = [r for r in runs.values() if r is not None]
+        if not runs:
+            continue
+        gain = [r["after"]["train"] - r["before"]["train"] for r in runs]
+        unseen = [
+            _mean_range([r["after"][s] for r in runs]) + " (" + _mean_range(
+                [r["after"][s] - r["before"][s] for r in runs]).split(" ")[0] + ")"
+            for s in SPLITS[1:]
+        ]
+        lines.append(f"| {variant} | {len(runs)} | {_mean_range([r['before']['train'] for r in runs])} | "
+                     f"{_mean_range([r['after']['train'] for r in runs])} | {_mean_range(gain)} | "
+                     + " | ".join(unseen) + " |")
+    table = "\n".join(lines)
+    (out / "learning.json").write_text(json.dumps(results, indent=1))
+    _plot(results, out / "learning_curve.png")
+    return table
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, runs in results.items():
+        curves = [r["curve"] for r in runs.values() if r is not None and r["curve"]]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        steps = [c[0] for c in curves[0][:n]]
+        window = 5  # rollout success of one step is a few dozen episodes: smooth it
+        smooth = [[sum(v for _, v in c[max(0, i - window + 1):i + 1]) / len(c[max(0, i - window + 1):i + 1])
+                   for i in range(n)] for c in curves]
+        mean = [sum(col) / len(col) for col in zip(*smooth, strict=True)]
+        ax.plot(steps, mean, label=f"{variant} ({len(curves)} seeds)")
+        ax.fill_between(steps, [min(col) for col in zip(*smooth, strict=True)],
+                        [max(col) for col in zip(*smooth, strict=True)], alpha=0.15)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("rollout success (T=rollout temperature, 5-step mean)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--max-steps", type=int, default=None, help="GRPO steps (default: the config's)")
+    parser.add_argument("--extra-demos", type=int, default=20, help="demos per task of the no-RL baseline")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[int, dict | None]] = {}
+    for variant in args.variants:
+        results[variant] = {}
+        for seed in args.seeds:
+            done = read_run(variant, seed, args.out, args.extra_demos)
+            if done is None and not args.report_only:
+                seconds = run_variant(variant, seed, args.out, args.max_steps, args.extra_demos)
+                print(f"{variant} seed {seed}: {seconds / 60:.1f} min", flush=True)
+                done = read_run(variant, seed, args.out, args.extra_demos)
+            results[variant][seed] = done
+    print(report(results, args.seeds, args.out))
+    print(f"curve: {args.out / 'learning_curve.png'}")
+
+
+if __name__ == "__main__":
+    main()
