@@ -202,14 +202,13 @@ FAST = ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=nul
 def test_configs_parse(config):
     from vla_grpo.cli import VLACLI
 
-    extra = ["--model.init_args.init_from=null"] if config == "robotwin.yaml" else []
-    cli = VLACLI(args=["-c", str(ROOT / "conf" / config), "--trainer.logger=false", *extra], run=False)
+    cli = VLACLI(args=["-c", str(ROOT / "conf" / config), "--trainer.logger=false"], run=False)
     assert isinstance(cli.model.suite, BimanualSuite)
     assert cli.model.policy.action_dim == 14 and cli.model.policy.state_dim == 16
 
 
 def test_sft_then_two_grpo_steps_from_the_cli(tmp_path):
-    """conf/sft_robotwin.yaml (2 steps) writes last.ckpt; conf/robotwin.yaml runs 2 GRPO steps from it."""
+    """conf/sft_robotwin.yaml (2 steps) writes last.ckpt; conf/robotwin.yaml's SFT stage reuses it for 2 GRPO steps."""
     from vla_grpo.cli import main
     from vla_grpo.tb import read_scalars
 
@@ -222,9 +221,9 @@ def test_sft_then_two_grpo_steps_from_the_cli(tmp_path):
     assert ckpt.is_file()
     main(["fit", "-c", str(ROOT / "conf/robotwin.yaml"), f"--trainer.default_root_dir={grpo_root}",
           f"--trainer.logger.init_args.save_dir={grpo_root}", "--trainer.max_steps=2", "--trainer.callbacks=[]",
-          f"--model.init_from={ckpt}", "--model.group_size=2", "--model.groups_per_step=1",
+          f"--model.sft.init_args.root_dir={sft_root}", "--model.group_size=2", "--model.groups_per_step=1",
           "--model.prompts_per_round=2", "--model.max_rollout_rounds=1", "--model.num_workers=1",
-          "--model.dynamic_sampling=false", *FAST])  # an untrained policy rarely gives a mixed group
+          "--model.dynamic_sampling=false", *FAST])  # a 2-step SFT rarely gives a mixed group: train on all
     scalars = read_scalars(grpo_root)
     assert [s for s, _ in scalars["rollout/success_rate"]] == [0, 1]
     assert "train/loss_objective" in scalars

@@ -49,6 +49,7 @@ def test_two_fit_steps_with_each_loss(loss_cls, tmp_path):
         ("--model.loss.init_args.clip_high=-0.5", "`--model.loss.init_args.clip_high` must be >= 0 (got -0.5)"),
         ("--model.init_from=/nonexistent.ckpt", "no checkpoint file at /nonexistent.ckpt"),
         ("--model.train_first_state=500", "`--model.train_first_state` is 500"),
+        ("--model.train_tasks=[train/blue]", "`--model.train_tasks`: 'train/blue' names no train task"),
     ],
 )
 def test_bad_config_gives_a_one_line_error_naming_the_field(override, needle, tmp_path, capsys):

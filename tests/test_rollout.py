@@ -141,6 +141,15 @@ def test_training_prompts_leave_the_eval_states_out():
         PromptSampler(suite, first_state=10)
 
 
+def test_train_tasks_keep_named_tasks_and_family_prefixes():
+    suite = TabletopSuite(image_size=16)
+    sampler = PromptSampler(suite, tasks=["spatial/", "goal/lift_mug"])
+    names = {suite.all_tasks()[p.task_index].name for p in sampler.prompts}
+    assert names == {t.name for t in suite.tasks("train") if t.family == "spatial"} | {"goal/lift_mug"}
+    with pytest.raises(ValueError, match="'goal/lift_bowl' names no train task"):  # an unseen task
+        PromptSampler(suite, tasks=["goal/lift_bowl"])
+
+
 class _Sabotage:
     """Wraps a policy; on its ``at``-th call sends ``sig`` to one simulator worker."""
 

@@ -35,6 +35,7 @@ from vla_grpo.rollout import (
     PromptSampler,
     SuccessAwarePromptSampler,
     attach_instructions,
+    select_train_tasks,
     split_trajectories,
 )
 from vla_grpo.stages import SFTStage
@@ -83,6 +84,8 @@ class GRPOModule(L.LightningModule):
             one on. None: right after the eval states, so RL never trains on an
             episode it is evaluated on; 0: every state (LIBERO practice).
         eval_splits: splits to evaluate (None = all of the suite's splits).
+        train_tasks: roll out only these train tasks: names, or family prefixes
+            ending in ``/`` (``["spatial/"]``); None = the whole train split.
         init_from: a checkpoint (``.ckpt`` from SFT or GRPO) to start the policy from.
         sft: an :class:`~vla_grpo.stages.SFTStage` to start from instead: at the
             start of ``fit``, its checkpoint, fitted first when missing (demos ->
@@ -112,6 +115,7 @@ class GRPOModule(L.LightningModule):
         eval_states_per_task: int = 8,
         train_first_state: int | None = None,
         eval_splits: list[str] | None = None,
+        train_tasks: list[str] | None = None,
         init_from: str | None = None,
         sft: SFTStage | None = None,
         seed: int = 0,
@@ -126,6 +130,8 @@ class GRPOModule(L.LightningModule):
         if train_first_state is not None:
             _positive("train_first_state", train_first_state, 0)
         first = eval_states_per_task if train_first_state is None else train_first_state
+        if train_tasks is not None:
+            select_train_tasks(suite, train_tasks)  # a bad name fails here, as a config error
         most = max(t.num_init_states for t in suite.tasks(TRAIN_SPLIT))
         if first >= most:
             raise ValueError(f"`--model.train_first_state` is {first} (eval_states_per_task when unset) but "
@@ -172,8 +178,8 @@ class GRPOModule(L.LightningModule):
         seed = self.hparams.seed * 1_000 + self.global_rank
         first = self.hparams.train_first_state
         first = self.hparams.eval_states_per_task if first is None else first
-        shard = dict(first_state=first, rank=self.global_rank, world_size=self.trainer.world_size,
-                     seed=self.hparams.seed)
+        shard = dict(first_state=first, tasks=self.hparams.train_tasks, rank=self.global_rank,
+                     world_size=self.trainer.world_size, seed=self.hparams.seed)
         if self.hparams.prompt_sampling == "success_aware":
             self.sampler = SuccessAwarePromptSampler(self.suite, group_size=self.hparams.group_size, **shard)
         else:

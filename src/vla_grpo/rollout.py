@@ -72,6 +72,19 @@ def split_prompts(
     return out
 
 
+def select_train_tasks(suite: Suite, tasks: list[str]) -> list[int]:
+    """Indices of the train tasks named in ``tasks``: full names, or family prefixes ending in ``/``."""
+    train = {t.name: suite.task_index(t.name) for t in suite.tasks(TRAIN_SPLIT)}
+    out: list[int] = []
+    for entry in tasks:
+        hits = [i for name, i in train.items() if name == entry or (entry.endswith("/") and name.startswith(entry))]
+        if not hits:
+            raise ValueError(f"`--model.train_tasks`: {entry!r} names no train task; expected a name like "
+                             f"{next(iter(train))!r} or a family prefix like {next(iter(train)).split('/')[0] + '/'!r}")
+        out.extend(i for i in hits if i not in out)
+    return out
+
+
 class PromptSampler:
     """Uniform prompt draws from this rank's shard of the train split.
 
@@ -80,9 +93,12 @@ class PromptSampler:
     task's initial states below it out (the greedy eval's states).
     """
 
-    def __init__(self, suite: Suite, *, first_state: int = 0, rank: int = 0, world_size: int = 1,
-                 seed: int = 0) -> None:
+    def __init__(self, suite: Suite, *, first_state: int = 0, tasks: list[str] | None = None, rank: int = 0,
+                 world_size: int = 1, seed: int = 0) -> None:
         prompts = split_prompts(suite, TRAIN_SPLIT, first_state=first_state)
+        if tasks is not None:
+            keep = set(select_train_tasks(suite, tasks))
+            prompts = [p for p in prompts if p.task_index in keep]
         if not prompts:
             raise ValueError(f"no training prompts: every train task has <= {first_state} initial states "
                              "(`--model.train_first_state` too high?)")
@@ -124,8 +140,9 @@ class SuccessAwarePromptSampler(PromptSampler):
     """
 
     def __init__(self, suite: Suite, *, group_size: int, decay: float = 0.7, floor: float = 0.02,
-                 first_state: int = 0, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
-        super().__init__(suite, first_state=first_state, rank=rank, world_size=world_size, seed=seed)
+                 first_state: int = 0, tasks: list[str] | None = None, rank: int = 0, world_size: int = 1,
+                 seed: int = 0) -> None:
+        super().__init__(suite, first_state=first_state, tasks=tasks, rank=rank, world_size=world_size, seed=seed)
         self.group_size = group_size
         self.decay = decay
         self.floor = floor
