@@ -280,3 +280,17 @@ def test_parallel_env_carries_reset_keys():
         assert torch.equal(nxt["group_id"], p["group_id"]) and nxt["reward"].shape == (2, 2, 1)
     finally:
         env.close()
+
+
+def test_seen_per_family_keeps_the_first_seen_tasks_and_every_unseen_one(suite):
+    small = TabletopSuite(seen_per_family=2)
+    assert small.name == "tabletop-2seen"
+    full_seen = suite.tasks(TRAIN_SPLIT)
+    want = [t.name for f in FAMILIES for t in [s for s in full_seen if s.family == f][:2]]
+    assert [t.name for t in small.tasks(TRAIN_SPLIT)] == want
+    for split in suite.splits[1:]:
+        assert small.tasks(split) == suite.tasks(split)
+    i = small.task_index("goal/push_plate_front")
+    assert small.task(i).init_layout(3) == suite.task(suite.task_index("goal/push_plate_front")).init_layout(3)
+    with pytest.raises(ValueError, match="`seen_per_family` must be in 1..6"):
+        TabletopSuite(seen_per_family=0)

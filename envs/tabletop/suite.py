@@ -26,6 +26,9 @@ class TabletopSuite(Suite):
             up to 0.15 rad. ``"wide"``: every state drawn from the full layout
             sampler (mirrored scenes, scattered groceries, shuffled lanes);
             its name, and so its demo cache files, is ``tabletop-wide``.
+        seen_per_family: keep only the first that many seen tasks of each family
+            (a smaller ``train`` split for short CPU runs; the unseen splits stay
+            whole); the name gets ``-<k>seen`` so demo caches don't mix.
 
     Example:
         >>> suite = TabletopSuite()
@@ -43,7 +46,8 @@ class TabletopSuite(Suite):
     state_dim = STATE_DIM
 
     def __init__(
-        self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50, spread: str = "narrow"
+        self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50, spread: str = "narrow",
+        seen_per_family: int | None = None,
     ) -> None:
         if image_size < 16:
             raise ValueError(f"`image_size` must be >= 16 (got {image_size})")
@@ -54,9 +58,14 @@ class TabletopSuite(Suite):
         self.num_init_states = int(num_init_states)
         if spread not in SPREADS:
             raise ValueError(f"`spread` must be one of {SPREADS} (got {spread!r})")
+        if seen_per_family is not None and not 1 <= seen_per_family <= 6:
+            raise ValueError(f"`seen_per_family` must be in 1..6 (got {seen_per_family})")
         self.spread = spread
+        self.seen_per_family = seen_per_family
         self.name = "tabletop" if spread == "narrow" else f"tabletop-{spread}"
-        self._tasks = build_catalogue(self.num_init_states, spread)
+        if seen_per_family is not None:
+            self.name += f"-{seen_per_family}seen"
+        self._tasks = build_catalogue(self.num_init_states, spread, seen_per_family)
         self._experts: dict[int, TabletopExpert] = {}
 
     def all_tasks(self) -> list[TaskSpec]:
@@ -82,4 +91,5 @@ class TabletopSuite(Suite):
 
     def __repr__(self) -> str:
         return (f"TabletopSuite(image_size={self.image_size}, wrist_camera={self.wrist_camera}, "
-                f"num_init_states={self.num_init_states}, spread={self.spread!r}, tasks={len(self._tasks)})")
+                f"num_init_states={self.num_init_states}, spread={self.spread!r}, "
+                f"seen_per_family={self.seen_per_family}, tasks={len(self._tasks)})")

@@ -334,11 +334,20 @@ def goal_tasks(n: int) -> list[TabletopTask]:
     ]
 
 
-def build_catalogue(num_init_states: int = 50, spread: str = "narrow") -> list[TabletopTask]:
-    """All tasks in ``task_index`` order: seen tasks of each family first, then unseen splits."""
+def build_catalogue(
+    num_init_states: int = 50, spread: str = "narrow", seen_per_family: int | None = None
+) -> list[TabletopTask]:
+    """All tasks in ``task_index`` order: seen tasks of each family first, then unseen splits.
+
+    ``seen_per_family`` keeps only the first that many seen tasks of each family
+    (the unseen splits stay whole).
+    """
     if spread not in SPREADS:
         raise ValueError(f"`spread` must be one of {SPREADS} (got {spread!r})")
-    tasks = spatial_tasks(num_init_states) + object_tasks(num_init_states) + goal_tasks(num_init_states)
-    tasks = [replace(t, spread=spread) for t in tasks]
+    families = [spatial_tasks(num_init_states), object_tasks(num_init_states), goal_tasks(num_init_states)]
+    if seen_per_family is not None:
+        families = [[t for t in fam if t.spec.split == TRAIN_SPLIT][:seen_per_family]
+                    + [t for t in fam if t.spec.split != TRAIN_SPLIT] for fam in families]
+    tasks = [replace(t, spread=spread) for fam in families for t in fam]
     seen = [t for t in tasks if t.spec.split == TRAIN_SPLIT]
     return seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT]
