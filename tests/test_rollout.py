@@ -125,6 +125,18 @@ def test_success_aware_sampler_discards_fewer_groups_than_uniform():
     assert len({p for _ in range(50) for p in uniform.draw(2)}) == len(uniform.prompts)
 
 
+def test_success_aware_sampler_learns_per_task_when_prompts_are_rarely_revisited():
+    """80 prompts, 40 draws: per-prompt counts stay ~0, so the task's rate has to carry the estimate."""
+    suite = ToyReachSuite(num_init_states=40)
+    uniform = PromptSampler(suite, seed=0)
+    red = suite.task_index("train/red")
+    true_p = {p: 0.0 if p.task_index == red else 0.5 for p in uniform.prompts}  # one task hopeless
+    aware = SuccessAwarePromptSampler(suite, group_size=8, seed=0)
+    base, ours = _discarded_fraction(uniform, true_p, rounds=20), _discarded_fraction(aware, true_p, rounds=20)
+    assert base > 0.4
+    assert ours <= 0.5 * base, (ours, base)
+
+
 def test_ranks_get_disjoint_prompt_shards():
     suite = ToyReachSuite(num_init_states=10)
     a = set(PromptSampler(suite, rank=0, world_size=2).prompts)

@@ -122,11 +122,16 @@ class SuccessAwarePromptSampler(PromptSampler):
     """Draws prompts likely to give *mixed* groups more often.
 
     Per prompt it tracks, with exponential forgetting (``decay`` per visit),
-    the recent success rate and the recent rate of mixed groups, the latter
-    starting from one optimistic "mixed" pseudo-observation so unseen prompts
-    are tried first. Prompts are drawn in proportion to the mixed rate plus a
-    ``floor`` (solved and hopeless prompts are still revisited now and then,
-    since the policy changes), without replacement within a draw.
+    the recent success rate and the recent rate of mixed groups. A suite has
+    hundreds of prompts (tasks x initial states) and a run visits each only a
+    few times, so a prompt's estimate backs off to its *task's* mixed rate
+    (initial states of one task behave alike): ``(mixed_i + k * task_rate) /
+    (visits_i + k)`` with ``k = task_prior``. The task rate also forgets
+    (``task_decay`` per visit of the task) and starts from one optimistic
+    "mixed" pseudo-observation, so untried tasks are tried first. Prompts are
+    drawn in proportion to that rate plus a ``floor`` (solved and hopeless
+    prompts are still revisited now and then, since the policy changes),
+    without replacement within a draw.
 
     Why the observed mixed rate and not ``1 - p^G - (1-p)^G`` of an estimated
     success rate ``p``: near 0 or 1 that formula is dominated by the prior (a
@@ -137,25 +142,34 @@ class SuccessAwarePromptSampler(PromptSampler):
         group_size: G.
         decay: weight kept by a prompt's old outcomes each time it is rolled out.
         floor: minimum weight of any prompt.
+        task_decay: weight kept by a task's old outcomes each time one of its prompts is rolled out.
+        task_prior: pseudo-visits of the task's rate in a prompt's estimate.
     """
 
     def __init__(self, suite: Suite, *, group_size: int, decay: float = 0.7, floor: float = 0.02,
-                 first_state: int = 0, tasks: list[str] | None = None, rank: int = 0, world_size: int = 1,
-                 seed: int = 0) -> None:
+                 task_decay: float = 0.9, task_prior: float = 1.0, first_state: int = 0,
+                 tasks: list[str] | None = None, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         super().__init__(suite, first_state=first_state, tasks=tasks, rank=rank, world_size=world_size, seed=seed)
         self.group_size = group_size
         self.decay = decay
         self.floor = floor
+        self.task_decay = task_decay
+        self.task_prior = task_prior
         n = len(self.prompts)
         self.successes, self.trials = torch.zeros(n), torch.zeros(n)
-        self.mixed, self.visits = torch.ones(n), torch.ones(n)
+        self.mixed, self.visits = torch.zeros(n), torch.zeros(n)
+        task_ids = sorted({p.task_index for p in self.prompts})
+        self.task_of = torch.tensor([task_ids.index(p.task_index) for p in self.prompts])
+        self.task_mixed, self.task_visits = torch.ones(len(task_ids)), torch.ones(len(task_ids))
 
     def success_rate(self) -> torch.Tensor:
         """Recent success rate of every prompt (0.5 for unseen ones)."""
         return (self.successes + 1) / (self.trials + 2)
 
     def weights(self) -> torch.Tensor:
-        return self.mixed / self.visits + self.floor
+        task_rate = (self.task_mixed / self.task_visits)[self.task_of]
+        k = self.task_prior
+        return (self.mixed + k * task_rate) / (self.visits + k) + self.floor
 
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
         i = self.index.get(prompt)
@@ -164,8 +178,12 @@ class SuccessAwarePromptSampler(PromptSampler):
         d = self.decay
         self.successes[i] = d * self.successes[i] + successes
         self.trials[i] = d * self.trials[i] + trials
-        self.mixed[i] = d * self.mixed[i] + float(0 < successes < trials)
+        mixed = float(0 < successes < trials)
+        self.mixed[i] = d * self.mixed[i] + mixed
         self.visits[i] = d * self.visits[i] + 1
+        t, dt = self.task_of[i], self.task_decay
+        self.task_mixed[t] = dt * self.task_mixed[t] + mixed
+        self.task_visits[t] = dt * self.task_visits[t] + 1
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
