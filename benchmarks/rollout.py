@@ -12,6 +12,11 @@ Prints, from one run on the tabletop suite (128 px, chunk 8):
    number of rounds (goal <= 0.5x uniform).
 
     python benchmarks/rollout.py --workers 2 --rounds 12 [--policy-ckpt sft.ckpt]
+    python benchmarks/rollout.py --workers 2 --image-size 64 --hidden-dim 256 --vocab-size 32 \
+        --policy-ckpt runs/sft_tabletop/checkpoints/last.ckpt      # the SFT policy of conf/sft_tabletop.yaml
+
+Prompts are drawn from initial states 10 and up (GRPO's default: the greedy
+eval's states 0..9 are left out).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ from vla_grpo.rollout import (  # noqa: E402
     SuccessAwarePromptSampler,
     split_prompts,
 )
+
+FIRST_STATE = 10
 
 
 def raw_steps_per_s(suite, num_envs: int, chunk: int, seconds: float = 5.0) -> float:
@@ -59,7 +66,7 @@ def raw_steps_per_s(suite, num_envs: int, chunk: int, seconds: float = 5.0) -> f
 
 def engine_steps_per_s(suite, policy, args) -> float:
     rollout = GroupedRollout(suite, num_envs=args.envs, chunk_size=args.chunk, num_workers=args.workers)
-    sampler = PromptSampler(suite, seed=0)
+    sampler = PromptSampler(suite, first_state=FIRST_STATE, seed=0)
     try:
         rollout.run(policy, sampler.draw(args.envs), list(range(args.envs)))  # start the workers
         rates = []
@@ -98,12 +105,15 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--hidden-dim", type=int, default=128)
+    parser.add_argument("--vocab-size", type=int, default=256)
     parser.add_argument("--policy-ckpt", default=None, help="a .ckpt (e.g. SFT) to load into TinyVLA")
     args = parser.parse_args()
     torch.manual_seed(0)
     suite = TabletopSuite(image_size=args.image_size)
     policy = TinyVLAPolicy(action_dim=7, chunk_size=args.chunk, state_dim=suite.state_dim,
-                           image_size=args.image_size, temperature=1.6)
+                           image_size=args.image_size, hidden_dim=args.hidden_dim, vocab_size=args.vocab_size,
+                           temperature=1.6)
     if args.policy_ckpt:
         load_policy_weights(policy, args.policy_ckpt)
     raw = raw_steps_per_s(suite, args.envs // args.workers, args.chunk)
@@ -111,9 +121,9 @@ def main() -> None:
     ideal = raw * args.workers
     print(f"raw single-process sim: {raw:,.0f} env-steps/s x {args.workers} workers = ideal {ideal:,.0f}")
     print(f"rollout engine with TinyVLA: {engine:,.0f} env-steps/s; ratio to ideal {engine / ideal:.2f} (goal >= 0.85)")
-    uniform = discarded_fraction(suite, policy, PromptSampler(suite, seed=0), args)
-    aware = discarded_fraction(
-        suite, policy, SuccessAwarePromptSampler(suite, group_size=args.group_size, seed=0), args)
+    uniform = discarded_fraction(suite, policy, PromptSampler(suite, first_state=FIRST_STATE, seed=0), args)
+    aware = discarded_fraction(suite, policy, SuccessAwarePromptSampler(
+        suite, group_size=args.group_size, first_state=FIRST_STATE, seed=0), args)
     ratio = aware / uniform if uniform else float("nan")
     print(f"discarded groups: uniform {uniform:.2f}, success-aware {aware:.2f}; ratio {ratio:.2f} (goal <= 0.5)")
 
