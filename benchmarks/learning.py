@@ -61,6 +61,13 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
+def _config_sft_args() -> list[str]:
+    import yaml
+
+    conf = yaml.safe_load((ROOT / CONFIG).read_text())
+    return list(conf["model"]["init_args"]["sft"]["init_args"].get("args") or [])
+
+
 def _sft_root(out: Path, demos: int, seed: int) -> Path:
     return out / f"sft{demos}_seed{seed}"
 
@@ -70,13 +77,15 @@ def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra
     run = out / f"{variant}_seed{seed}"
     if variant == "extra_demos":
         sft = _sft_root(out, extra_demos, seed)
-        cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", SFT_CONFIG, f"--seed_everything={seed}",
+        suite = [a for a in _config_sft_args() if a.startswith("--model.suite.")]  # the quickstart's task set
+        cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", SFT_CONFIG, *suite, f"--seed_everything={seed}",
                f"--data.demos_per_task={extra_demos}", f"--trainer.default_root_dir={sft}",
                f"--trainer.logger.init_args.save_dir={sft}", f"--trainer.callbacks.init_args.dirpath={sft}/checkpoints",
                "--trainer.enable_progress_bar=false"]
         return _run(cmd, run / "log.txt")
     demos = 0 if variant == "zero_demo" else 1
-    sft_args = [f"--seed_everything={seed}", f"--data.demos_per_task={demos}", "--trainer.limit_val_batches=0",
+    # the config's own SFT-stage arguments (suite cut, steps, ...), then ours (later ones win)
+    sft_args = [*_config_sft_args(), f"--seed_everything={seed}", f"--data.demos_per_task={demos}",
                 "--trainer.enable_progress_bar=false"]
     cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", CONFIG, f"--seed_everything={seed}",
            f"--model.seed={seed}", f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",

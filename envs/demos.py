@@ -79,7 +79,7 @@ def resolve_tasks(suite: Suite, tasks: str | Sequence[str | int]) -> list[int]:
         elif t in names:
             out.append(names.index(t))
         else:
-            raise ValueError(f"unknown task {t!r}; expected a split {suite.splits}, 'all', or task names like {names[0]!r}")
+            raise DemoFileError(f"unknown task {t!r}; expected a split {suite.splits}, 'all', or task names like {names[0]!r}")
     return out
 
 
@@ -178,8 +178,16 @@ def write_demos(
 
 
 # -- reading ---------------------------------------------------------------
-def _bad(path, field: str, expected: str, got: str) -> ValueError:
-    return ValueError(f"{path}: bad demo file: {field} {got}; expected {expected}")
+class DemoFileError(ValueError):
+    """A demo file that can't be used, in one line naming the file, the field and what was expected.
+
+    Raised while a run is set up (after the config was parsed), so the CLI turns
+    it into an ``error:`` line and exit code 2 rather than a traceback.
+    """
+
+
+def _bad(path, field: str, expected: str, got: str) -> DemoFileError:
+    return DemoFileError(f"{path}: bad demo file: {field} {got}; expected {expected}")
 
 
 def _array(path, group: h5py.Group, name: str, ndim: int, dtype=None) -> np.ndarray:
@@ -227,7 +235,7 @@ def read_demos(path: str | Path) -> list[Demo]:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())
-        raise ValueError(f"{path}: cannot open as HDF5 ({reason}); expected a demo file from vla_grpo.envs.demos") from None
+        raise DemoFileError(f"{path}: cannot open as HDF5 ({reason}); expected a demo file from vla_grpo.envs.demos") from None
     with f:
         if "data" not in f or not isinstance(f["data"], h5py.Group):
             raise _bad(path, "group 'data'", "the robomimic layout data/demo_<i>/...", "is missing")

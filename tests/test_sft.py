@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from tests.helpers import run_cli_error
 from vla_grpo.envs.demos import Demo, write_demos
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.module import GRPOModule
@@ -188,6 +189,24 @@ def test_action_dim_mismatch_is_one_line_naming_file_and_dimension(suite, demo_f
         _fit(suite, tmp_path, bad)
     message = str(err.value)
     assert "\n" not in message and str(bad) in message and "action_dim=7" in message
+
+
+def test_bad_demo_file_through_the_cli_is_one_error_line_and_exit_2(demo_file, tmp_path, capsys):
+    bad = tmp_path / "bad.hdf5"
+    shutil.copy(demo_file, bad)
+    with h5py.File(bad, "r+") as f:
+        for key in f["data"]:
+            actions = f["data"][key]["actions"][()]
+            del f["data"][key]["actions"]
+            f["data"][key].create_dataset("actions", data=actions[:, :5])
+    err = run_cli_error(capsys, "fit", "-c", "conf/sft_tabletop.yaml", f"--data.demo_file={bad}",
+                        f"--data.tasks={TASKS}", f"--trainer.default_root_dir={tmp_path}",
+                        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=1",
+                        f"--trainer.callbacks.init_args.dirpath={tmp_path}/ckpt", "--trainer.limit_val_batches=0",
+                        f"--model.suite.init_args.image_size={SIZE}", f"--model.policy.init_args.image_size={SIZE}")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "action_dim=5" in lines[0], err[-2000:]
+    assert "Traceback" not in err
 
 
 def test_too_few_demos_per_task_names_the_file(suite, demo_file, tmp_path):

@@ -73,4 +73,10 @@ def main(args: list[str] | None = None) -> None:
 
         demos_main(argv[1:])
         return
-    VLACLI(args=argv)
+    from vla_grpo.envs.demos import DemoFileError
+
+    try:
+        VLACLI(args=argv)
+    except DemoFileError as err:  # found while setting up the run, after parsing: still one line
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

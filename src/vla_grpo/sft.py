@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchrl.envs import ActionChunkTransform
 
 from vla_grpo.envs.base import Suite
-from vla_grpo.envs.demos import Demo, read_demos
+from vla_grpo.envs.demos import Demo, DemoFileError, read_demos
 from vla_grpo.evaluation import EvalPrompts, evaluate_prompts
 from vla_grpo.keys import (
     ACTION_CHUNK_KEY,
@@ -154,7 +154,7 @@ def _check_demos_fit(path: Path, demos: list[Demo], policy) -> None:
                       ("image_size", d.images.shape[1])):
         want = getattr(policy, name, None)
         if want is not None and got != want:
-            raise ValueError(f"{path}: demos have {name}={got} but the policy expects {name}={want}")
+            raise DemoFileError(f"{path}: demos have {name}={got} but the policy expects {name}={want}")
 
 
 class DemoDataModule(L.LightningDataModule):
@@ -259,7 +259,7 @@ class DemoDataModule(L.LightningDataModule):
                 by_task[demo.task_name].append(demo)
         short = [f"{name} ({len(got)})" for name, got in by_task.items() if len(got) < n]
         if short:
-            raise ValueError(f"{path}: fewer than `--data.demos_per_task`={n} demos for {', '.join(short[:3])}"
+            raise DemoFileError(f"{path}: fewer than `--data.demos_per_task`={n} demos for {', '.join(short[:3])}"
                              f"{' ...' if len(short) > 3 else ''}")
         return [d for name in wanted for d in by_task[name]]
 
