@@ -110,6 +110,7 @@ def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | Non
         "before": {s: v[0][1] for s, v in evals.items()},
         "after": {s: v[-1][1] for s, v in evals.items()},
         "eval_steps": [step for step, _ in evals["train"]],
+        "eval_curve": evals["train"],
         "curve": scalars.get("rollout/success_rate", []),
     }
 
@@ -149,25 +150,36 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for variant, runs in results.items():
-        curves = [r["curve"] for r in runs.values() if r is not None and r["curve"]]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        steps = [c[0] for c in curves[0][:n]]
-        window = 5  # rollout success of one step is a few dozen episodes: smooth it
-        smooth = [[sum(v for _, v in c[max(0, i - window + 1):i + 1]) / len(c[max(0, i - window + 1):i + 1])
-                   for i in range(n)] for c in curves]
-        mean = [sum(col) / len(col) for col in zip(*smooth, strict=True)]
-        ax.plot(steps, mean, label=f"{variant} ({len(curves)} seeds)")
-        ax.fill_between(steps, [min(col) for col in zip(*smooth, strict=True)],
-                        [max(col) for col in zip(*smooth, strict=True)], alpha=0.15)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("rollout success (T=rollout temperature, 5-step mean)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        runs = [r for r in runs.values() if r is not None]
+        curves = [r["curve"] for r in runs if r["curve"]]
+        if curves:
+            n = min(len(c) for c in curves)
+            steps = [c[0] for c in curves[0][:n]]
+            window = 5  # one step's rollout success is a few dozen episodes: smooth it
+            smooth = [[sum(v for _, v in c[max(0, i - window + 1):i + 1]) / len(c[max(0, i - window + 1):i + 1])
+                       for i in range(n)] for c in curves]
+            cols = list(zip(*smooth, strict=True))
+            ax.plot(steps, [sum(c) / len(c) for c in cols], label=f"{variant} ({len(curves)} seeds)")
+            ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], alpha=0.15)
+        evals = [r["eval_curve"] for r in runs if len(r.get("eval_curve", [])) > 1]
+        if evals:
+            n = min(len(e) for e in evals)
+            steps = [e[0] for e in evals[0][:n]]
+            cols = [[e[i][1] for e in evals] for i in range(n)]
+            bx.errorbar(steps, [sum(c) / len(c) for c in cols],
+                        yerr=[[sum(c) / len(c) - min(c) for c in cols], [max(c) - sum(c) / len(c) for c in cols]],
+                        marker="o", capsize=3, label=f"{variant} ({len(evals)} seeds)")
+    ax.set_title("training rollouts (T = rollout temperature)")
+    ax.set_ylabel("success, 5-step mean")
+    bx.set_title("greedy eval, seen tasks (states 0-9)")
+    bx.set_ylabel("success (mean, min-max over seeds)")
+    for a in (ax, bx):
+        a.set_xlabel("GRPO step")
+        a.set_ylim(0, 1)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
