@@ -1,4 +1,4 @@
-"""demos -> SFT -> GRPO in one `fit`: the SFT stage runs when its checkpoint is missing, else is reused."""
+"""demos -> SFT -> GRPO in one `fit`: the SFT stage runs unless a finished checkpoint is there."""
 from __future__ import annotations
 
 import json
@@ -38,6 +38,10 @@ def test_fit_runs_the_missing_sft_stage_then_reuses_it(tmp_path, capfd):
     stamp = ckpt.stat().st_mtime_ns
     main(_grpo_args(tmp_path, f"--model.sft.init_args.args={_sft_args(tmp_path)}"))
     assert "SFT stage: reusing" in capfd.readouterr().out and ckpt.stat().st_mtime_ns == stamp
+    (tmp_path / "sft" / "sft_stage.done").unlink()  # as if the SFT run had been killed after an epoch
+    main(_grpo_args(tmp_path, f"--model.sft.init_args.args={_sft_args(tmp_path)}"))
+    assert "is from an unfinished SFT run, running" in capfd.readouterr().out
+    assert (tmp_path / "sft" / "sft_stage.done").is_file()
 
 
 def test_failed_sft_stage_names_its_config(tmp_path):

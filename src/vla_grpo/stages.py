@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 class SFTStage:
-    """Fit an SFT config into ``<root_dir>/checkpoints/last.ckpt`` unless it is already there.
+    """Fit an SFT config into ``<root_dir>/checkpoints/last.ckpt`` unless a finished one is there.
 
     Args:
         config: the SFT YAML (``conf/sft_tabletop.yaml``); its model must be an
@@ -46,6 +46,12 @@ class SFTStage:
     def checkpoint(self) -> Path:
         return self.root_dir / "checkpoints" / "last.ckpt"
 
+    @property
+    def done_marker(self) -> Path:
+        """Written after the SFT fit exits cleanly: Lightning rewrites ``last.ckpt`` every
+        epoch, so a checkpoint alone may be an interrupted run's."""
+        return self.root_dir / "sft_stage.done"
+
     def command(self) -> list[str]:
         """The child process's command line."""
         root = str(self.root_dir)
@@ -59,24 +65,27 @@ class SFTStage:
 
     def run(self, rank: int = 0) -> Path:
         """The SFT checkpoint, fitted first if missing (by global rank 0; other ranks wait for it)."""
-        if self.checkpoint.is_file():
+        if self.checkpoint.is_file() and self.done_marker.is_file():
             print(f"[vla_grpo] SFT stage: reusing {self.checkpoint}", flush=True)
             return self.checkpoint
         if rank != 0:
             return self._wait()
-        print(f"[vla_grpo] SFT stage: {self.checkpoint} is missing, running: "
+        state = "is from an unfinished SFT run" if self.checkpoint.is_file() else "is missing"
+        print(f"[vla_grpo] SFT stage: {self.checkpoint} {state}, running: "
               f"{' '.join(self.command()[1:])}", flush=True)
+        self.done_marker.unlink(missing_ok=True)
         start = time.perf_counter()
         result = subprocess.run(self.command(), check=False)
         if result.returncode != 0 or not self.checkpoint.is_file():
             raise RuntimeError(f"`--model.sft`: the SFT fit of {self.config} failed (exit {result.returncode}, "
                                f"no {self.checkpoint}); its output is above")
+        self.done_marker.write_text(" ".join(self.command()[1:]) + "\n")
         print(f"[vla_grpo] SFT stage done in {time.perf_counter() - start:.0f} s: {self.checkpoint}", flush=True)
         return self.checkpoint
 
     def _wait(self) -> Path:
         deadline = time.monotonic() + self.wait_s
-        while not self.checkpoint.is_file():
+        while not self.done_marker.is_file():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"`--model.sft`: waited {self.wait_s:.0f} s for rank 0's {self.checkpoint}")
             time.sleep(2.0)
