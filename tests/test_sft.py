@@ -177,7 +177,8 @@ def test_zero_demos_saves_the_untrained_policy_for_grpo(suite, demo_file, tmp_pa
     torch.testing.assert_close(grpo.policy.action_low, -torch.ones(7))  # the suite's own [-1, 1] range
 
 
-def test_action_dim_mismatch_is_one_line_naming_file_and_dimension(suite, demo_file, tmp_path):
+def _five_dim_actions_copy(demo_file, tmp_path):
+    """A copy of the demo file whose actions have 5 dimensions instead of 7."""
     bad = tmp_path / "bad.hdf5"
     shutil.copy(demo_file, bad)
     with h5py.File(bad, "r+") as f:
@@ -185,6 +186,11 @@ def test_action_dim_mismatch_is_one_line_naming_file_and_dimension(suite, demo_f
             actions = f["data"][key]["actions"][()]
             del f["data"][key]["actions"]
             f["data"][key].create_dataset("actions", data=actions[:, :5])
+    return bad
+
+
+def test_action_dim_mismatch_is_one_line_naming_file_and_dimension(suite, demo_file, tmp_path):
+    bad = _five_dim_actions_copy(demo_file, tmp_path)
     with pytest.raises(ValueError) as err:
         _fit(suite, tmp_path, bad)
     message = str(err.value)
@@ -192,13 +198,7 @@ def test_action_dim_mismatch_is_one_line_naming_file_and_dimension(suite, demo_f
 
 
 def test_bad_demo_file_through_the_cli_is_one_error_line_and_exit_2(demo_file, tmp_path, capsys):
-    bad = tmp_path / "bad.hdf5"
-    shutil.copy(demo_file, bad)
-    with h5py.File(bad, "r+") as f:
-        for key in f["data"]:
-            actions = f["data"][key]["actions"][()]
-            del f["data"][key]["actions"]
-            f["data"][key].create_dataset("actions", data=actions[:, :5])
+    bad = _five_dim_actions_copy(demo_file, tmp_path)
     err = run_cli_error(capsys, "fit", "-c", "conf/sft_tabletop.yaml", f"--data.demo_file={bad}",
                         f"--data.tasks={TASKS}", f"--trainer.default_root_dir={tmp_path}",
                         f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=1",
