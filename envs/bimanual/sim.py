@@ -15,7 +15,7 @@ import mujoco
 import numpy as np
 
 from ..tabletop.hand import Hand, pin_object
-from ..tabletop.sim import MAX_DELTA, SUBSTEPS
+from ..tabletop.sim import MAX_DELTA, SUBSTEPS, object_addresses
 from .scene import ARMS, HAMMER_HEAD, grasp_parts
 from .tasks import LIFT_HEIGHT, REACH_X, BimanualTask
 
@@ -45,15 +45,8 @@ class BimanualSim:
         self.task = task
         self.model = model
         self.data = mujoco.MjData(model)
-        self._qadr: dict[str, int] = {}
-        self._dadr: dict[str, int] = {}
-        self._key_of_body: dict[int, str] = {}
-        for obj in task.objects:
-            joint = model.joint(obj.key)
-            self._qadr[obj.key] = int(joint.qposadr[0])
-            self._dadr[obj.key] = int(joint.dofadr[0])
-            if obj.kind.graspable:
-                self._key_of_body[int(model.body(obj.key).id)] = obj.key
+        # the two-arm scenes have no mocap (basket) objects: every object has a free joint
+        self._qadr, self._dadr, _, self._key_of_body = object_addresses(model, task.objects)
         self.hands = tuple(Hand(model, f"{arm}_") for arm in ARMS)
         self._limits = tuple((np.array([REACH_X[a][0], -0.24, 0.004]), np.array([REACH_X[a][1], 0.24, 0.3]))
                              for a in ARMS)

@@ -17,7 +17,6 @@ data and module-level functions, so a suite pickles into worker processes.
 """
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..base import TRAIN_SPLIT, TaskSpec
 from ..tabletop.scene import HAND_START_Z, ObjectKind, SceneObject
+from ..tabletop.tasks import init_state_rng, object_kind
 
 UNSEEN_SPLIT = "unseen"
 #: x range each arm's tool centre can reach: its own side plus a strip across the middle
@@ -196,20 +196,11 @@ class BimanualTask:
     layout: Layout
 
     def kind(self, key: str) -> ObjectKind:
-        for obj in self.objects:
-            if obj.key == key:
-                return obj.kind
-        raise KeyError(f"task {self.spec.name!r} has no object {key!r}")
+        return object_kind(self.spec, self.objects, key)
 
     def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
         """The layout of initial state ``init_state_id`` (pure function of name and id)."""
-        if not 0 <= init_state_id < self.spec.num_init_states:
-            raise ValueError(
-                f"init_state_id {init_state_id} is out of range for task {self.spec.name!r}; "
-                f"expected 0 <= id < {self.spec.num_init_states}"
-            )
-        seed = zlib.crc32(self.spec.name.encode())
-        return self.layout.sample(np.random.default_rng((seed, int(init_state_id))))
+        return self.layout.sample(init_state_rng(self.spec, init_state_id))
 
 
 # -- the catalogue ---------------------------------------------------------------------

@@ -33,6 +33,31 @@ WORKSPACE_HI = np.array([0.3, 0.24, 0.3])
 STATE_DIM = 8
 
 
+def object_addresses(
+    model: mujoco.MjModel, objects
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[int, str]]:
+    """Where each scene object lives in the model.
+
+    Returns ``(qpos address, dof address, mocap id, key of graspable body id)``;
+    baskets are mocap bodies (no joint), every other object has a free joint.
+    """
+    qadr: dict[str, int] = {}
+    dadr: dict[str, int] = {}
+    mocap: dict[str, int] = {}
+    key_of_body: dict[int, str] = {}
+    for obj in objects:
+        body = model.body(obj.key)
+        if obj.kind.shape == "basket":
+            mocap[obj.key] = int(body.mocapid[0])
+            continue
+        joint = model.joint(obj.key)
+        qadr[obj.key] = int(joint.qposadr[0])
+        dadr[obj.key] = int(joint.dofadr[0])
+        if obj.kind.graspable:
+            key_of_body[int(body.id)] = obj.key
+    return qadr, dadr, mocap, key_of_body
+
+
 class TabletopSim:
     """One task's MuJoCo model and data, stepped one control step at a time.
 
@@ -45,20 +70,7 @@ class TabletopSim:
         self.task = task
         self.model = model
         self.data = mujoco.MjData(model)
-        self._qadr: dict[str, int] = {}
-        self._dadr: dict[str, int] = {}
-        self._mocap: dict[str, int] = {}
-        self._key_of_body: dict[int, str] = {}
-        for obj in task.objects:
-            body = model.body(obj.key)
-            if obj.kind.shape == "basket":
-                self._mocap[obj.key] = int(body.mocapid[0])
-                continue
-            joint = model.joint(obj.key)
-            self._qadr[obj.key] = int(joint.qposadr[0])
-            self._dadr[obj.key] = int(joint.dofadr[0])
-            if obj.kind.graspable:
-                self._key_of_body[int(body.id)] = obj.key
+        self._qadr, self._dadr, self._mocap, self._key_of_body = object_addresses(model, task.objects)
         self.hand = Hand(model)
         #: camera ids: (agent view, wrist)
         self.cameras = (int(model.camera("agentview").id), self.hand.camera)

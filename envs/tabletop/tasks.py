@@ -188,6 +188,24 @@ class LaneLayout:
 Layout = AnchoredLayout | ScatterLayout | LaneLayout
 
 
+def object_kind(spec: TaskSpec, objects: tuple[SceneObject, ...], key: str) -> ObjectKind:
+    """The kind of a task's object ``key``."""
+    for obj in objects:
+        if obj.key == key:
+            return obj.kind
+    raise KeyError(f"task {spec.name!r} has no object {key!r}")
+
+
+def init_state_rng(spec: TaskSpec, init_state_id: int) -> np.random.Generator:
+    """The generator of a task's initial state: seeded by ``(crc32(name), id)``, the id range-checked."""
+    if not 0 <= init_state_id < spec.num_init_states:
+        raise ValueError(
+            f"init_state_id {init_state_id} is out of range for task {spec.name!r}; "
+            f"expected 0 <= id < {spec.num_init_states}"
+        )
+    return np.random.default_rng((zlib.crc32(spec.name.encode()), int(init_state_id)))
+
+
 @dataclass(frozen=True)
 class TabletopTask:
     """A task: its public :class:`TaskSpec`, scene objects, goal and layout sampler."""
@@ -200,19 +218,11 @@ class TabletopTask:
     scene: str = ""  # tasks with the same scene share a canonical layout ("" = the task's own)
 
     def kind(self, key: str) -> ObjectKind:
-        for obj in self.objects:
-            if obj.key == key:
-                return obj.kind
-        raise KeyError(f"task {self.spec.name!r} has no object {key!r}")
+        return object_kind(self.spec, self.objects, key)
 
     def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
         """The layout of initial state ``init_state_id`` (pure function of name and id)."""
-        if not 0 <= init_state_id < self.spec.num_init_states:
-            raise ValueError(
-                f"init_state_id {init_state_id} is out of range for task {self.spec.name!r}; "
-                f"expected 0 <= id < {self.spec.num_init_states}"
-            )
-        rng = np.random.default_rng((zlib.crc32(self.spec.name.encode()), int(init_state_id)))
+        rng = init_state_rng(self.spec, init_state_id)
         if self.spread == "wide":
             return self.layout.sample(rng)
         return self._jittered(self.canonical_layout(), rng, self.layout.narrow_jitter)
