@@ -56,6 +56,21 @@ def _positive(name: str, value: float, minimum: float = 1) -> None:
         raise ValueError(f"`--model.{name}` must be >= {minimum} (got {value})")
 
 
+def _first_train_state(train_first_state: int | None, eval_states_per_task: int) -> int:
+    """Rollouts start at this initial state: right after the eval states unless set."""
+    return eval_states_per_task if train_first_state is None else train_first_state
+
+
+def _check_prompt_pool(suite: Suite, first: int, train_tasks: list[str] | None) -> None:
+    """Config errors for a training prompt pool that is empty or names unknown tasks."""
+    if train_tasks is not None:
+        select_train_tasks(suite, train_tasks)
+    most = max(t.num_init_states for t in suite.tasks(TRAIN_SPLIT))
+    if first >= most:
+        raise ValueError(f"`--model.train_first_state` is {first} (eval_states_per_task when unset) but "
+                         f"train tasks have at most {most} initial states: nothing left to train on")
+
+
 class GRPOModule(L.LightningModule):
     """GRPO with binary success rewards for token-head VLA policies.
 
@@ -129,13 +144,7 @@ class GRPOModule(L.LightningModule):
         _positive("eval_states_per_task", eval_states_per_task)
         if train_first_state is not None:
             _positive("train_first_state", train_first_state, 0)
-        first = eval_states_per_task if train_first_state is None else train_first_state
-        if train_tasks is not None:
-            select_train_tasks(suite, train_tasks)  # a bad name fails here, as a config error
-        most = max(t.num_init_states for t in suite.tasks(TRAIN_SPLIT))
-        if first >= most:
-            raise ValueError(f"`--model.train_first_state` is {first} (eval_states_per_task when unset) but "
-                             f"train tasks have at most {most} initial states: nothing left to train on")
+        _check_prompt_pool(suite, _first_train_state(train_first_state, eval_states_per_task), train_tasks)
         if rollout_temperature <= 0:
             raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {rollout_temperature})")
         if prompt_sampling not in ("success_aware", "uniform"):
@@ -176,8 +185,7 @@ class GRPOModule(L.LightningModule):
 
             load_policy_weights(self.policy, self.sft.run(rank=self.global_rank))
         seed = self.hparams.seed * 1_000 + self.global_rank
-        first = self.hparams.train_first_state
-        first = self.hparams.eval_states_per_task if first is None else first
+        first = _first_train_state(self.hparams.train_first_state, self.hparams.eval_states_per_task)
         shard = dict(first_state=first, tasks=self.hparams.train_tasks, rank=self.global_rank,
                      world_size=self.trainer.world_size, seed=self.hparams.seed)
         if self.hparams.prompt_sampling == "success_aware":
