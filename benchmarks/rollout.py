@@ -2,12 +2,18 @@
 
 Prints, from one run on the tabletop suite (128 px, chunk 8):
 
-1. raw single-process simulator env-steps/s (random chunks, no policy) x
-   workers: the ideal for that many simulator processes;
+1. raw single-process simulator env-steps/s (random chunks, no policy; each
+   process with its share ``envs / workers`` of the sub-envs) x workers: the
+   ideal for that many simulator processes;
 2. the rollout engine's env-steps/s with TinyVLA in the loop (``GroupedRollout``
-   over ``num_workers`` ParallelEnv workers, one batched policy call per
-   decision) and its ratio to the ideal (goal >= 0.85);
-3. the fraction of rolled-out groups discarded by dynamic sampling with the
+   over a ``SimulatorPool`` of ``num_workers`` processes, one batched policy call
+   per decision) and its ratio to the ideal (goal >= 0.85);
+3. the same decision loop on TorchRL's ``ParallelEnv`` (the engine before
+   ``SimulatorPool``), as the baseline of the engine's speed-up;
+4. the limit when the policy shares the simulators' cores: the policy's time
+   per decision against the simulators' core-time per decision
+   (``sim / (sim + policy)`` is the highest ratio reachable with a worker per core);
+5. the fraction of rolled-out groups discarded by dynamic sampling with the
    success-aware prompt scheduler vs uniform prompt draws, same policy, same
    number of rounds (goal <= 0.5x uniform).
 
@@ -21,6 +27,7 @@ eval's states 0..9 are left out).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -28,6 +35,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
+from torchrl.envs import ParallelEnv  # noqa: E402
 
 from vla_grpo.checkpoint import load_policy_weights  # noqa: E402
 from vla_grpo.envs.tabletop import TabletopSuite  # noqa: E402
@@ -36,6 +44,8 @@ from vla_grpo.rollout import (  # noqa: E402
     GroupedRollout,
     PromptSampler,
     SuccessAwarePromptSampler,
+    _ActiveOnlyActor,
+    attach_instructions,
     split_prompts,
 )
 
@@ -78,11 +88,62 @@ def engine_steps_per_s(suite, policy, args) -> float:
     return sum(rates) / len(rates)
 
 
-def discarded_fraction(suite, policy, sampler, args) -> float:
-    """Fraction of groups whose G outcomes are all equal, over ``args.rounds`` rounds."""
+def parallelenv_steps_per_s(suite, policy, args) -> float:
+    """The engine's decision loop on a TorchRL ``ParallelEnv`` of the same workers (the baseline)."""
+    per = args.envs // args.workers
+    env = ParallelEnv(args.workers, functools.partial(suite.make_env, per, chunk_size=args.chunk),
+                      num_threads=1, num_sub_threads=1)
+    sampler = PromptSampler(suite, first_state=FIRST_STATE, seed=0)
+    actor = _ActiveOnlyActor(policy, False, args.envs)
+    rates = []
+    try:
+        for rep in range(4):  # the first starts the workers
+            prompts = sampler.draw(args.envs)
+            td = TensorDict({"task_index": torch.tensor([[p.task_index] for p in prompts]),
+                             "init_state_id": torch.tensor([[p.init_state_id] for p in prompts]),
+                             "group_id": torch.arange(args.envs).view(-1, 1)}, batch_size=[args.envs])
+            start, decisions = time.perf_counter(), 0
+            with torch.no_grad():
+                td = env.reset(td.reshape(args.workers, per))
+                for _ in range(suite.max_decisions(args.chunk)):
+                    decisions += int((~td["done"]).sum())
+                    td = env.step(actor(td))
+                    if td["next", "done"].all():
+                        break
+                    td = env.step_mdp(td)
+            if rep:
+                rates.append(decisions * args.chunk / (time.perf_counter() - start))
+    finally:
+        env.close()
+    return sum(rates) / len(rates)
+
+
+def policy_ms_per_decision(suite, policy, args) -> float:
+    """Core-milliseconds of one batched policy call on ``args.envs`` observations (one thread)."""
+    prompts = PromptSampler(suite, first_state=FIRST_STATE, seed=0).draw(args.envs)
+    env = suite.make_env(args.envs, chunk_size=args.chunk)
+    td = env.reset(TensorDict({"task_index": torch.tensor([[p.task_index] for p in prompts]),
+                               "init_state_id": torch.tensor([[p.init_state_id] for p in prompts]),
+                               "group_id": torch.zeros(args.envs, 1, dtype=torch.int64)}, batch_size=[args.envs]))
+    env.close()
+    td = attach_instructions(suite, td.select("observation", "task_index"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        for _ in range(5):
+            policy.act(td.clone())
+        start = time.perf_counter()
+        for _ in range(30):
+            policy.act(td.clone())
+    torch.set_num_threads(threads)
+    return (time.perf_counter() - start) / 30 * 1e3
+
+
+def discarded_fraction(suite, policy, sampler, args) -> tuple[float, float]:
+    """Fraction of groups whose G outcomes are all equal, over ``args.rounds`` rounds and over their second half."""
     G, prompts_per_round = args.group_size, args.envs // args.group_size
     rollout = GroupedRollout(suite, num_envs=args.envs, chunk_size=args.chunk, num_workers=args.workers)
-    discarded = total = 0
+    outcomes = []
     try:
         for _ in range(args.rounds):
             prompts = sampler.draw(prompts_per_round)
@@ -90,11 +151,29 @@ def discarded_fraction(suite, policy, sampler, args) -> float:
             wins = data["next", "success"].squeeze(-1).any(-1).view(prompts_per_round, G).sum(-1)
             for prompt, w in zip(prompts, wins.tolist(), strict=True):
                 sampler.update(prompt, int(w), G)
-                discarded += int(w in (0, G))
-                total += 1
+                outcomes.append(w in (0, G))
     finally:
         rollout.close()
-    return discarded / max(total, 1)
+    late = outcomes[len(outcomes) // 2:]
+    return sum(outcomes) / max(len(outcomes), 1), sum(late) / max(len(late), 1)
+
+
+def throughput(suite, policy, args) -> None:
+    """Prints the ideal, the engine, the ParallelEnv baseline and the policy-cost limit (items 1-4)."""
+    raw = raw_steps_per_s(suite, args.envs // args.workers, args.chunk)
+    engine = engine_steps_per_s(suite, policy, args)
+    baseline = parallelenv_steps_per_s(suite, policy, args)
+    ideal = raw * args.workers
+    print(f"raw single-process sim ({args.envs // args.workers} sub-envs): {raw:,.0f} env-steps/s "
+          f"x {args.workers} workers = ideal {ideal:,.0f}")
+    print(f"rollout engine with TinyVLA: {engine:,.0f} env-steps/s; ratio to ideal {engine / ideal:.2f} (goal >= 0.85)")
+    print(f"same loop on TorchRL ParallelEnv: {baseline:,.0f} env-steps/s; engine / ParallelEnv = {engine / baseline:.2f}")
+    policy_ms = policy_ms_per_decision(suite, policy, args)
+    sim_ms = args.envs * args.chunk / raw * 1e3  # core-milliseconds of simulation per decision of all sub-envs
+    bound = sim_ms / (sim_ms + policy_ms)
+    print(f"policy {policy_ms:.1f} ms per decision of {args.envs} sub-envs vs simulation {sim_ms:.1f} core-ms: "
+          f"highest ratio with the policy on the simulators' cores {bound:.2f}; engine at "
+          f"{engine / ideal / bound:.2f} of that")
 
 
 def main() -> None:
@@ -104,7 +183,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=40, help="rounds per prompt sampler (G x envs/G episodes each)")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the prompt-scheduler comparison")
     parser.add_argument("--hidden-dim", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=256)
     parser.add_argument("--policy-ckpt", default=None, help="a .ckpt (e.g. SFT) to load into TinyVLA")
@@ -116,16 +196,16 @@ def main() -> None:
                            temperature=1.6)
     if args.policy_ckpt:
         load_policy_weights(policy, args.policy_ckpt)
-    raw = raw_steps_per_s(suite, args.envs // args.workers, args.chunk)
-    engine = engine_steps_per_s(suite, policy, args)
-    ideal = raw * args.workers
-    print(f"raw single-process sim: {raw:,.0f} env-steps/s x {args.workers} workers = ideal {ideal:,.0f}")
-    print(f"rollout engine with TinyVLA: {engine:,.0f} env-steps/s; ratio to ideal {engine / ideal:.2f} (goal >= 0.85)")
+    if not args.skip_throughput:
+        throughput(suite, policy, args)
     uniform = discarded_fraction(suite, policy, PromptSampler(suite, first_state=FIRST_STATE, seed=0), args)
     aware = discarded_fraction(suite, policy, SuccessAwarePromptSampler(
         suite, group_size=args.group_size, first_state=FIRST_STATE, seed=0), args)
-    ratio = aware / uniform if uniform else float("nan")
-    print(f"discarded groups: uniform {uniform:.2f}, success-aware {aware:.2f}; ratio {ratio:.2f} (goal <= 0.5)")
+    groups = args.rounds * args.envs // args.group_size
+    for label, u, a in (("all", uniform[0], aware[0]), ("second half", uniform[1], aware[1])):
+        ratio = a / u if u else float("nan")
+        print(f"discarded groups ({label} of {groups} per sampler): uniform {u:.2f}, success-aware {a:.2f}; "
+              f"ratio {ratio:.2f} (goal <= 0.5)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.keys import (
     GROUP_ID_KEY,
     INIT_STATE_KEY,
@@ -50,3 +51,16 @@ def run_cli_error(capsys, *args) -> str:
         main(list(args))
     assert exit_info.value.code == 2
     return capsys.readouterr().err
+
+
+class BrokenSimSuite(ToyReachSuite):
+    """A toy suite whose env raises once it is asked to step (for worker-error tests; importable by workers)."""
+
+    def make_env(self, num_envs: int, *, chunk_size: int, seed: int = 0):
+        env = super().make_env(num_envs, chunk_size=chunk_size, seed=seed)
+
+        def broken_step(tensordict):
+            raise FloatingPointError("the simulation diverged")
+
+        env._step = broken_step
+        return env

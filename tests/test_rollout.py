@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import make_trajectory
+from tests.helpers import BrokenSimSuite, make_trajectory
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.keys import GROUP_ID_KEY, RETURN_KEY, TRAJ_TOKENS_KEY
@@ -24,6 +24,7 @@ from vla_grpo.rollout import (
     SuccessAwarePromptSampler,
     split_trajectories,
 )
+from vla_grpo.simpool import SimulatorError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,37 @@ def test_lengths_and_masks_when_episodes_end_at_different_steps():
         assert (traj[TRAJ_TOKENS_KEY] == n * 8).all()
         assert (traj["trajectory_id"] == 100 + i).all()
         assert "language_instruction" not in traj.keys()
+
+
+def test_worker_pool_rolls_out_exactly_what_the_in_process_env_does():
+    """Same prompts, greedy policy: 2 simulator processes (sub-envs interleaved) == one in-process env."""
+    suite = ToyReachSuite()
+    policy = _toy_policy()
+    prompts, groups = [Prompt(i % 2, i // 2) for i in range(12)], [i // 4 for i in range(12)]
+    data = {}
+    for workers in (1, 2):
+        rollout = GroupedRollout(suite, num_envs=12, chunk_size=4, num_workers=workers)
+        try:
+            data[workers] = rollout.run(policy, prompts, groups, greedy=True)
+            assert len(rollout.worker_pids) == (2 if workers == 2 else 0)
+        finally:
+            rollout.close()
+    one, two = data[1], data[2]
+    assert len(set(one["valid"].sum(-1).tolist())) > 1  # episodes of different lengths
+    assert one.shape == two.shape
+    for key in ("valid", ("observation", "state"), ("observation", "image"), ("vla_action", "tokens"),
+                ("next", "done"), ("next", "success"), ("next", "reward"), GROUP_ID_KEY, "task_index"):
+        assert torch.equal(one[key], two[key]), key
+
+
+def test_an_env_error_in_a_worker_is_raised_not_retried():
+    rollout = GroupedRollout(BrokenSimSuite(), num_envs=4, chunk_size=4, num_workers=2)
+    try:
+        with pytest.raises(SimulatorError, match="simulator worker [01] failed(.|\n)*the simulation diverged"):
+            rollout.run(_toy_policy(), [Prompt(0, 0)] * 4, [0] * 4)
+        assert rollout.restarts == 0
+    finally:
+        rollout.close()
 
 
 def test_only_mixed_groups_reach_the_buffer_and_surplus_is_kept():

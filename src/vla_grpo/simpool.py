@@ -1,0 +1,214 @@
+"""Simulator worker processes that the trainer waits on without burning a core.
+
+Each worker hosts one batched suite env (a TorchRL ``EnvBase``) over a share
+of the round's sub-envs and answers ``reset``/``step`` over a pipe; the parent
+blocks on the pipes (``multiprocessing.connection.wait``) while the workers
+simulate and render.
+
+Why not TorchRL's ``ParallelEnv``: its shared-memory hot path has the parent
+spin-poll the workers' done flags (``ParallelEnv._wait_for_workers``), which
+holds a whole core while the simulators run. With a core per simulator that
+core is one of theirs: on 2 cores, a ``ParallelEnv`` of 2 workers stepped the
+tabletop no faster than one process (about 2,400 env-steps/s with random
+actions, against 4,000-4,300 for this pool and about 3,000 per independent
+process; ``benchmarks/rollout.py``). Its no-buffer path blocks, but sends whole
+TensorDicts through ``torch.multiprocessing``, which shares every tensor
+through a file descriptor and a socket handshake. Here only plain numpy arrays
+cross the pipe (one observation frame per sub-env per decision: KBs).
+
+Sub-env ``i`` lives on worker ``i % num_workers``, so the G members of a group
+are spread over the workers and an early-solved group does not idle one of
+them. A worker whose sub-envs have all finished is not stepped; its rows keep
+their final transition.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import traceback
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+_NestedKey = str | tuple[str, ...]
+
+
+class SimulatorError(RuntimeError):
+    """The suite env raised inside a worker (a bug or a bad input, not a crash: not retried)."""
+
+
+def _to_arrays(td: TensorDictBase) -> list[tuple[_NestedKey, np.ndarray]]:
+    """The tensor leaves of ``td`` as ``(key, array)`` (non-tensor entries, e.g. instructions, stay behind)."""
+    return [(k, v.numpy()) for k, v in td.items(include_nested=True, leaves_only=True)
+            if isinstance(v, torch.Tensor)]
+
+
+def _from_arrays(items: list[tuple[_NestedKey, np.ndarray]], batch: int) -> TensorDict:
+    td = TensorDict(batch_size=[batch])
+    for key, value in items:
+        td.set(key, torch.from_numpy(value))
+    return td
+
+
+def _worker(conn: Connection, make_env, seed: int) -> None:
+    """A simulator process: builds its env, then serves ``reset``/``step``/``close`` until told to stop."""
+    # one core per simulator: no intra-op thread pool, and Mesa's llvmpipe (EGL on CPU) renders on 1 thread
+    os.environ.setdefault("LP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    try:
+        env = make_env(seed=seed)
+        conn.send(("ready", None))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+        return
+    n = env.batch_size[0]
+    td = None
+    while True:
+        try:
+            cmd, payload = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if cmd == "close":
+            break
+        try:
+            if cmd == "reset":
+                td = env.reset(_from_arrays(payload, n))
+                conn.send(("ok", _to_arrays(td)))
+            elif cmd == "step":
+                td.set("action", torch.from_numpy(payload))
+                out = env.step(td)
+                conn.send(("ok", _to_arrays(out.get("next"))))
+                td = env.step_mdp(out)
+            else:
+                raise ValueError(f"unknown command {cmd!r}")
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+    with contextlib.suppress(Exception):
+        env.close()
+
+
+class SimulatorPool:
+    """``num_workers`` simulator processes over ``num_envs`` sub-envs of a suite.
+
+    :meth:`reset` and :meth:`step` take and return ``[num_envs]`` TensorDicts
+    in sub-env order (the worker split is internal). A worker that dies raises
+    ``EOFError``/``OSError``; one that does not answer within ``timeout_s``
+    raises ``TimeoutError``; the caller restarts the pool.
+
+    Args:
+        suite: the task suite (pickled to the workers).
+        num_envs: sub-envs in all; a multiple of ``num_workers``.
+        chunk_size: actions per decision.
+        num_workers: processes.
+        seed: env seed of worker 0 (worker ``w`` gets ``seed + w``).
+        timeout_s: seconds a reset or step may take before the worker counts as hung.
+        start_timeout_s: seconds a worker may take to import and build its env.
+    """
+
+    def __init__(self, suite, *, num_envs: int, chunk_size: int, num_workers: int, seed: int = 0,
+                 timeout_s: float = 120.0, start_timeout_s: float = 600.0) -> None:
+        if num_envs % num_workers:
+            raise ValueError(f"`num_envs` ({num_envs}) must be a multiple of `num_workers` ({num_workers})")
+        self.num_envs, self.num_workers = num_envs, num_workers
+        self.timeout_s = timeout_s
+        self.batch_size = torch.Size([num_envs])
+        #: sub-env indices of each worker (interleaved) and where each sub-env's row sits in the concatenation
+        self.rows = [torch.arange(w, num_envs, num_workers) for w in range(num_workers)]
+        self._order = torch.argsort(torch.cat(self.rows))
+        ctx = mp.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._procs: list[mp.Process] = []
+        for w in range(num_workers):
+            parent, child = ctx.Pipe()
+            make_env = _EnvFactory(suite, num_envs // num_workers, chunk_size)
+            proc = ctx.Process(target=_worker, args=(child, make_env, seed + w), daemon=True,
+                               name=f"vla_grpo-sim-{w}")
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        self._last: list[TensorDict | None] = [None] * num_workers
+        self.is_closed = False
+        try:
+            for w in range(num_workers):
+                self._recv(w, start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def _recv(self, w: int, timeout: float):
+        conn = self._conns[w]
+        if not conn.poll(timeout):
+            raise TimeoutError(f"simulator worker {w} (pid {self._procs[w].pid}) did not answer within {timeout:.0f} s")
+        status, payload = conn.recv()  # EOFError when the worker died
+        if status == "error":
+            raise SimulatorError(f"simulator worker {w} failed:\n{payload}")
+        return payload
+
+    def _gather(self, workers: list[int]) -> None:
+        """Receive the answers of ``workers`` as they come (blocking, no spinning) into ``self._last``."""
+        pending = {self._conns[w]: w for w in workers}
+        while pending:
+            ready = wait(list(pending), timeout=self.timeout_s)
+            if not ready:
+                w = next(iter(pending.values()))
+                raise TimeoutError(f"simulator worker {w} (pid {self._procs[w].pid}) did not answer "
+                                   f"within {self.timeout_s:.0f} s")
+            for conn in ready:
+                w = pending.pop(conn)
+                self._last[w] = _from_arrays(self._recv(w, 0), len(self.rows[w]))
+
+    def _result(self) -> TensorDict:
+        return torch.cat(self._last, 0)[self._order]
+
+    def reset(self, td: TensorDictBase) -> TensorDict:
+        """Reset every sub-env to the prompts in ``td`` (``[num_envs]``); returns the first observations."""
+        for w, rows in enumerate(self.rows):
+            self._conns[w].send(("reset", _to_arrays(td[rows])))
+        self._gather(list(range(self.num_workers)))
+        return self._result()
+
+    def step(self, action: torch.Tensor, active: torch.Tensor) -> TensorDict:
+        """Execute one action chunk per sub-env; returns the ``"next"`` entries, ``[num_envs]``.
+
+        Workers none of whose sub-envs is ``active`` are not stepped: their rows
+        repeat the last transition (a finished episode is frozen anyway).
+        """
+        stepped = [w for w, rows in enumerate(self.rows) if bool(active[rows].any())]
+        for w in stepped:
+            self._conns[w].send(("step", action[self.rows[w]].contiguous().numpy()))
+        self._gather(stepped)
+        return self._result()
+
+    def close(self) -> None:
+        """Stop the workers (killing any that do not exit, e.g. a hung or stopped one)."""
+        if self.is_closed:
+            return
+        self.is_closed = True
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                conn.send(("close", None))
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+
+
+class _EnvFactory:
+    """Picklable ``make_env(seed=...)`` of a worker's batched suite env."""
+
+    def __init__(self, suite, num_envs: int, chunk_size: int) -> None:
+        self.suite, self.num_envs, self.chunk_size = suite, num_envs, chunk_size
+
+    def __call__(self, seed: int):
+        return self.suite.make_env(self.num_envs, chunk_size=self.chunk_size, seed=seed)
