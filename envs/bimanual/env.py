@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import mujoco
 
-from ..tabletop.env import TabletopEnv
+from ..tabletop.env import TabletopEnv, compile_xml
 from .scene import build_mjcf
 from .sim import BimanualSim
 from .tasks import BimanualTask
 
-#: compiled models, one per (scene, framebuffer size) and process
-_MODELS: dict[str, mujoco.MjModel] = {}
-
 
 def compile_model(task: BimanualTask, image_size: int) -> mujoco.MjModel:
     """The (cached) compiled MuJoCo model of a task's scene."""
-    xml = build_mjcf(task.objects, offscreen=image_size)
-    model = _MODELS.get(xml)
-    if model is None:
-        model = _MODELS[xml] = mujoco.MjModel.from_xml_string(xml)
-    return model
+    return compile_xml(build_mjcf(task.objects, offscreen=image_size))
 
 
 class BimanualEnv(TabletopEnv):

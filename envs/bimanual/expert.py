@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tabletop.expert import CARRY_BOTTOM, CLOSE, OPEN, TRANSIT_Z, _move, _xy_dist
+from ..tabletop.expert import CARRY_BOTTOM, CLOSE, OPEN, TRANSIT_Z, _move, _xy_dist, plan_chunk
 from ..tabletop.sim import MAX_DELTA
 from .scene import HAMMER_HEAD, POT_HANDLE_HALF, POT_HANDLE_X, grasp_parts, pot_handle_z
 from .sim import BimanualSim
@@ -258,12 +258,4 @@ class BimanualExpert:
         return self._act(sim)
 
     def __call__(self, sim: BimanualSim, chunk_size: int) -> np.ndarray:
-        look_ahead = sim.clone()
-        out = np.zeros((chunk_size, 14), dtype=np.float32)
-        for h in range(chunk_size):
-            out[h] = self.act(look_ahead)
-            look_ahead.step(out[h])
-            if look_ahead.success():
-                out[h + 1 :] = out[h]  # the env stops here; the rest is never executed
-                break
-        return out
+        return plan_chunk(self.act, sim, chunk_size, 14)

@@ -32,17 +32,21 @@ WRIST_IMAGE_KEY = ("observation", "wrist_image")
 STATE_KEY = ("observation", "state")
 INSTRUCTION_KEY = "language_instruction"
 
-#: compiled models, one per (scene, framebuffer size) and process
+#: compiled models, one per scene XML (scene and framebuffer size) and process
 _MODELS: dict[str, mujoco.MjModel] = {}
 
 
-def compile_model(task: TabletopTask, image_size: int) -> mujoco.MjModel:
-    """The (cached) compiled MuJoCo model of a task's scene."""
-    xml = build_mjcf(task.objects, offscreen=image_size)
+def compile_xml(xml: str) -> mujoco.MjModel:
+    """The compiled MuJoCo model of a scene XML, compiled once per process (any suite)."""
     model = _MODELS.get(xml)
     if model is None:
         model = _MODELS[xml] = mujoco.MjModel.from_xml_string(xml)
     return model
+
+
+def compile_model(task: TabletopTask, image_size: int) -> mujoco.MjModel:
+    """The (cached) compiled MuJoCo model of a task's scene."""
+    return compile_xml(build_mjcf(task.objects, offscreen=image_size))
 
 
 class TabletopEnv(EnvBase):

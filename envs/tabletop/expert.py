@@ -15,6 +15,23 @@ from .scene import FINGER_HALF
 from .sim import MAX_DELTA, TabletopSim
 from .tasks import FRONT_Y, LIFT_HEIGHT, TabletopTask
 
+
+def plan_chunk(act, sim, chunk_size: int, action_dim: int) -> np.ndarray:
+    """An ``[H, action_dim]`` chunk of closed-loop expert actions, planned on a clone of ``sim``.
+
+    ``act(sim)`` gives one action; the clone is stepped with it, so the chunk is
+    what the expert would do step by step, executed open-loop by the env.
+    """
+    look_ahead = sim.clone()
+    out = np.zeros((chunk_size, action_dim), dtype=np.float32)
+    for h in range(chunk_size):
+        out[h] = act(look_ahead)
+        look_ahead.step(out[h])
+        if look_ahead.success():
+            out[h + 1 :] = out[h]  # the env stops here; the rest is never executed
+            break
+    return out
+
 #: tool-centre height for empty-handed moves: above the tallest object (~11 cm)
 TRANSIT_Z = 0.14
 #: carried objects travel with their bottom this high: above every object and basket wall
@@ -55,15 +72,7 @@ class TabletopExpert:
         self.task = task
 
     def __call__(self, sim: TabletopSim, chunk_size: int) -> np.ndarray:
-        look_ahead = sim.clone()
-        out = np.zeros((chunk_size, 7), dtype=np.float32)
-        for h in range(chunk_size):
-            out[h] = self.act(look_ahead)
-            look_ahead.step(out[h])
-            if look_ahead.success():
-                out[h + 1 :] = out[h]  # the env stops here; the rest is never executed
-                break
-        return out
+        return plan_chunk(self.act, sim, chunk_size, 7)
 
     def act(self, sim: TabletopSim) -> np.ndarray:
         """One action from the current simulated state."""
