@@ -139,11 +139,13 @@ def policy_ms_per_decision(suite, policy, args) -> float:
     return (time.perf_counter() - start) / 30 * 1e3
 
 
-def discarded_fraction(suite, policy, sampler, args) -> tuple[float, float]:
-    """Fraction of groups whose G outcomes are all equal, over ``args.rounds`` rounds and over their second half."""
+def discarded_fraction(suite, policy, sampler, args) -> tuple[float, float, dict[int, list[bool]]]:
+    """Fraction of groups whose G outcomes are all equal, over ``args.rounds`` rounds and over their
+    second half, and each task's outcomes (True = discarded)."""
     G, prompts_per_round = args.group_size, args.envs // args.group_size
     rollout = GroupedRollout(suite, num_envs=args.envs, chunk_size=args.chunk, num_workers=args.workers)
-    outcomes = []
+    outcomes: list[bool] = []
+    per_task: dict[int, list[bool]] = {}
     try:
         for _ in range(args.rounds):
             prompts = sampler.draw(prompts_per_round)
@@ -152,10 +154,11 @@ def discarded_fraction(suite, policy, sampler, args) -> tuple[float, float]:
             for prompt, w in zip(prompts, wins.tolist(), strict=True):
                 sampler.update(prompt, int(w), G)
                 outcomes.append(w in (0, G))
+                per_task.setdefault(prompt.task_index, []).append(w in (0, G))
     finally:
         rollout.close()
     late = outcomes[len(outcomes) // 2:]
-    return sum(outcomes) / max(len(outcomes), 1), sum(late) / max(len(late), 1)
+    return sum(outcomes) / max(len(outcomes), 1), sum(late) / max(len(late), 1), per_task
 
 
 def throughput(suite, policy, args) -> None:
@@ -206,6 +209,16 @@ def main() -> None:
         ratio = a / u if u else float("nan")
         print(f"discarded groups ({label} of {groups} per sampler): uniform {u:.2f}, success-aware {a:.2f}; "
               f"ratio {ratio:.2f} (goal <= 0.5)")
+    # what no scheduler can beat: the discarded fraction of the task with the most mixed groups (uniform's data)
+    rates = {t: sum(v) / len(v) for t, v in uniform[2].items() if len(v) >= 5}
+    if rates:
+        best = min(rates, key=rates.get)
+        floor = rates[best]
+        print(f"per task (uniform draws, tasks with >= 5 groups): discarded {', '.join(f'{r:.2f}' for r in sorted(rates.values()))}; "
+              f"drawing only the best task ({suite.all_tasks()[best].name}) would discard {floor:.2f}, "
+              f"ratio {floor / uniform[0]:.2f}")
+    drawn = {t: len(v) for t, v in aware[2].items()}
+    print(f"success-aware draws per task: {sorted(drawn.values(), reverse=True)}")
 
 
 if __name__ == "__main__":
