@@ -363,8 +363,8 @@ def _intra_op_threads(n: int):
 
     A CPU policy with more threads than spare cores competes with the
     simulators, and its OpenMP threads spin-wait between calls: on 2 cores with
-    2 workers, 2 policy threads cut the engine from about 3,400 to 2,800
-    env-steps/s (``benchmarks/rollout.py``).
+    2 workers, 2 policy threads cut the engine from 3,393 to 2,779
+    env-steps/s (``benchmarks/rollout.py``'s engine loop, untrained TinyVLA).
     """
     before = torch.get_num_threads()
     if n < before:
