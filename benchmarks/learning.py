@@ -106,6 +106,8 @@ def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | Non
     evals = {s: scalars.get(f"eval/{s}/success", []) for s in SPLITS}
     if not all(evals.values()):
         return None
+    if variant != "extra_demos" and len(evals["train"]) < 2:  # GRPO evaluates at its start and end: still running
+        return None
     return {
         "before": {s: v[0][1] for s, v in evals.items()},
         "after": {s: v[-1][1] for s, v in evals.items()},
