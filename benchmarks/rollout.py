@@ -34,7 +34,6 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
-from tensordict import TensorDict  # noqa: E402
 from torchrl.envs import ParallelEnv  # noqa: E402
 
 from vla_grpo.checkpoint import load_policy_weights  # noqa: E402
@@ -46,6 +45,7 @@ from vla_grpo.rollout import (  # noqa: E402
     SuccessAwarePromptSampler,
     _ActiveOnlyActor,
     attach_instructions,
+    prompt_reset_td,
     split_prompts,
 )
 
@@ -59,10 +59,7 @@ def raw_steps_per_s(suite, num_envs: int, chunk: int, seconds: float = 5.0) -> f
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         idx = torch.randint(len(prompts), (num_envs,))
-        td = env.reset(TensorDict({
-            "task_index": torch.tensor([[prompts[i].task_index] for i in idx]),
-            "init_state_id": torch.tensor([[prompts[i].init_state_id] for i in idx]),
-            "group_id": torch.zeros(num_envs, 1, dtype=torch.int64)}, batch_size=[num_envs]))
+        td = env.reset(prompt_reset_td([prompts[i] for i in idx], [0] * num_envs))
         for _ in range(suite.max_decisions(chunk)):
             td["action"] = torch.rand(num_envs, chunk, suite.action_dim) * 2 - 1
             td = env.step(td)
@@ -98,10 +95,7 @@ def parallelenv_steps_per_s(suite, policy, args) -> float:
     rates = []
     try:
         for rep in range(4):  # the first starts the workers
-            prompts = sampler.draw(args.envs)
-            td = TensorDict({"task_index": torch.tensor([[p.task_index] for p in prompts]),
-                             "init_state_id": torch.tensor([[p.init_state_id] for p in prompts]),
-                             "group_id": torch.arange(args.envs).view(-1, 1)}, batch_size=[args.envs])
+            td = prompt_reset_td(sampler.draw(args.envs), list(range(args.envs)))
             start, decisions = time.perf_counter(), 0
             with torch.no_grad():
                 td = env.reset(td.reshape(args.workers, per))
@@ -122,9 +116,7 @@ def policy_ms_per_decision(suite, policy, args) -> float:
     """Core-milliseconds of one batched policy call on ``args.envs`` observations (one thread)."""
     prompts = PromptSampler(suite, first_state=FIRST_STATE, seed=0).draw(args.envs)
     env = suite.make_env(args.envs, chunk_size=args.chunk)
-    td = env.reset(TensorDict({"task_index": torch.tensor([[p.task_index] for p in prompts]),
-                               "init_state_id": torch.tensor([[p.init_state_id] for p in prompts]),
-                               "group_id": torch.zeros(args.envs, 1, dtype=torch.int64)}, batch_size=[args.envs]))
+    td = env.reset(prompt_reset_td(prompts, [0] * args.envs))
     env.close()
     td = attach_instructions(suite, td.select("observation", "task_index"))
     threads = torch.get_num_threads()

@@ -198,6 +198,22 @@ class SuccessAwarePromptSampler(PromptSampler):
         self.task_visits[t] = dt * self.task_visits[t] + 1
 
 
+def prompt_reset_td(prompts: list[Prompt], group_ids: list[int]) -> TensorDict:
+    """The ``[len(prompts)]`` reset input of a suite env: each sub-env's task, initial state and group id."""
+
+    def col(values):
+        return torch.tensor(values, dtype=torch.int64).view(-1, 1)
+
+    return TensorDict(
+        {
+            TASK_INDEX_KEY: col([p.task_index for p in prompts]),
+            INIT_STATE_KEY: col([p.init_state_id for p in prompts]),
+            GROUP_ID_KEY: col(group_ids),
+        },
+        batch_size=[len(prompts)],
+    )
+
+
 def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, max(1, min(n, k)) + 1) if n % d == 0)
 
@@ -264,19 +280,6 @@ class GroupedRollout:
                       stacklevel=3)
         self.close()
 
-    def _reset_td(self, prompts: list[Prompt], group_ids: list[int]) -> TensorDict:
-        def col(values):
-            return torch.tensor(values, dtype=torch.int64).view(-1, 1)
-
-        return TensorDict(
-            {
-                TASK_INDEX_KEY: col([p.task_index for p in prompts]),
-                INIT_STATE_KEY: col([p.init_state_id for p in prompts]),
-                GROUP_ID_KEY: col(group_ids),
-            },
-            batch_size=[len(prompts)],
-        )
-
     @torch.no_grad()
     def run(self, policy, prompts: list[Prompt], group_ids: list[int], *, greedy: bool = False) -> TensorDict:
         """Roll out one episode per sub-env; returns ``[num_envs, T]`` with a ``valid`` mask.
@@ -302,7 +305,7 @@ class GroupedRollout:
     def _run_once(self, policy, prompts, group_ids, greedy: bool) -> TensorDict:
         actor = _ActiveOnlyActor(policy, greedy, self.num_envs)
         start = time.perf_counter()
-        reset = self._reset_td(prompts, group_ids)
+        reset = prompt_reset_td(prompts, group_ids)
         if isinstance(self.env, SimulatorPool):
             instructions = NonTensorStack(*[self._instructions[p.task_index] for p in prompts])
             with _intra_op_threads(_spare_cores(self.num_workers)):

@@ -114,7 +114,6 @@ class SimulatorPool:
             raise ValueError(f"`num_envs` ({num_envs}) must be a multiple of `num_workers` ({num_workers})")
         self.num_envs, self.num_workers = num_envs, num_workers
         self.timeout_s = timeout_s
-        self.batch_size = torch.Size([num_envs])
         #: sub-env indices of each worker (interleaved) and where each sub-env's row sits in the concatenation
         self.rows = [torch.arange(w, num_envs, num_workers) for w in range(num_workers)]
         self._order = torch.argsort(torch.cat(self.rows))
