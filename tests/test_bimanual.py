@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -208,22 +209,30 @@ def test_configs_parse(config):
 
 
 def test_sft_then_two_grpo_steps_from_the_cli(tmp_path):
-    """conf/sft_robotwin.yaml (2 steps) writes last.ckpt; conf/robotwin.yaml's SFT stage reuses it for 2 GRPO steps."""
+    """conf/robotwin.yaml's SFT stage fits conf/sft_robotwin.yaml (2 steps, its own demos) into
+    last.ckpt, then GRPO runs 2 steps from it; a second GRPO run reuses that checkpoint."""
     from vla_grpo.cli import main
     from vla_grpo.tb import read_scalars
 
-    sft_root, grpo_root = tmp_path / "sft", tmp_path / "grpo"
-    main(["fit", "-c", str(ROOT / "conf/sft_robotwin.yaml"), f"--trainer.default_root_dir={sft_root}",
-          f"--trainer.logger.init_args.save_dir={sft_root}", "--trainer.max_steps=2",
-          f"--trainer.callbacks.init_args.dirpath={sft_root}/checkpoints", f"--data.cache_dir={tmp_path}/demos",
-          "--data.tasks=handover_mic,lift_pot", "--data.batch_size=8", *FAST])
+    sft_root = tmp_path / "sft"
+    sft_args = ["--trainer.max_steps=2", f"--data.cache_dir={tmp_path}/demos", "--data.tasks=handover_mic,lift_pot",
+                "--data.demos_per_task=1", "--data.batch_size=8", "--trainer.log_every_n_steps=1", *FAST]
+
+    def grpo(root):
+        main(["fit", "-c", str(ROOT / "conf/robotwin.yaml"), f"--trainer.default_root_dir={root}",
+              f"--trainer.logger.init_args.save_dir={root}", "--trainer.max_steps=2", "--trainer.callbacks=[]",
+              f"--model.sft.init_args.root_dir={sft_root}", f"--model.sft.init_args.args={json.dumps(sft_args)}",
+              "--model.group_size=2", "--model.groups_per_step=1", "--model.prompts_per_round=2",
+              "--model.max_rollout_rounds=1", "--model.num_workers=1",
+              "--model.dynamic_sampling=false", *FAST])  # a 2-step SFT rarely gives a mixed group: train on all
+
+    grpo(tmp_path / "grpo")
     ckpt = sft_root / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    main(["fit", "-c", str(ROOT / "conf/robotwin.yaml"), f"--trainer.default_root_dir={grpo_root}",
-          f"--trainer.logger.init_args.save_dir={grpo_root}", "--trainer.max_steps=2", "--trainer.callbacks=[]",
-          f"--model.sft.init_args.root_dir={sft_root}", "--model.group_size=2", "--model.groups_per_step=1",
-          "--model.prompts_per_round=2", "--model.max_rollout_rounds=1", "--model.num_workers=1",
-          "--model.dynamic_sampling=false", *FAST])  # a 2-step SFT rarely gives a mixed group: train on all
-    scalars = read_scalars(grpo_root)
+    assert ckpt.is_file() and (sft_root / "sft_stage.done").is_file()
+    assert [s for s, _ in read_scalars(sft_root)["train/loss"]][-1] == 1  # the 2-step SFT, not the config's 3000
+    scalars = read_scalars(tmp_path / "grpo")
     assert [s for s, _ in scalars["rollout/success_rate"]] == [0, 1]
     assert "train/loss_objective" in scalars
+    mtime = ckpt.stat().st_mtime_ns
+    grpo(tmp_path / "grpo2")
+    assert ckpt.stat().st_mtime_ns == mtime  # reused, not refitted
