@@ -7,12 +7,19 @@ Prints, from one run on the tabletop suite (128 px, chunk 8):
    ideal for that many simulator processes;
 2. the rollout engine's env-steps/s with TinyVLA in the loop (``GroupedRollout``
    over a ``SimulatorPool`` of ``num_workers`` processes, one batched policy call
-   per decision) and its ratio to the ideal (goal >= 0.85);
+   per decision) and its ratio to the ideal (goal >= 0.85); then the same with
+   ``pipeline=True`` (two halves of the workers stepped in turn, the policy on one
+   half while the other simulates);
 3. the same decision loop on TorchRL's ``ParallelEnv`` (the engine before
    ``SimulatorPool``), as the baseline of the engine's speed-up;
 4. the limit when the policy shares the simulators' cores: the policy's time
    per decision against the simulators' core-time per decision
    (``sim / (sim + policy)`` is the highest ratio reachable with a worker per core);
+   on a GPU (``--device cuda``), the policy's wall time against a worker's
+   simulation time per decision (the limit of a synchronous step).
+   With ``--concurrent-raw``: ``workers`` raw processes running at once, what the
+   simulators reach together on this machine (shared caches, clocks, one GPU
+   rendering for all), and the engine against that.
 5. the fraction of rolled-out groups discarded by dynamic sampling with the
    success-aware prompt scheduler vs uniform prompt draws, same policy, same
    number of rounds (goal <= 0.5x uniform).
@@ -44,7 +51,6 @@ from vla_grpo.rollout import (  # noqa: E402
     PromptSampler,
     SuccessAwarePromptSampler,
     _ActiveOnlyActor,
-    attach_instructions,
     prompt_reset_td,
     split_prompts,
 )
@@ -71,8 +77,9 @@ def raw_steps_per_s(suite, num_envs: int, chunk: int, seconds: float = 5.0) -> f
     return steps / (time.perf_counter() - start)
 
 
-def engine_steps_per_s(suite, policy, args) -> float:
-    rollout = GroupedRollout(suite, num_envs=args.envs, chunk_size=args.chunk, num_workers=args.workers)
+def engine_steps_per_s(suite, policy, args, pipeline: bool = False) -> float:
+    rollout = GroupedRollout(suite, num_envs=args.envs, chunk_size=args.chunk, num_workers=args.workers,
+                             pipeline=pipeline)
     sampler = PromptSampler(suite, first_state=FIRST_STATE, seed=0)
     try:
         rollout.run(policy, sampler.draw(args.envs), list(range(args.envs)))  # start the workers
@@ -91,11 +98,13 @@ def parallelenv_steps_per_s(suite, policy, args) -> float:
     env = ParallelEnv(args.workers, functools.partial(suite.make_env, per, chunk_size=args.chunk),
                       num_threads=1, num_sub_threads=1)
     sampler = PromptSampler(suite, first_state=FIRST_STATE, seed=0)
-    actor = _ActiveOnlyActor(policy, False, args.envs)
+    tasks = suite.all_tasks()
     rates = []
     try:
         for rep in range(4):  # the first starts the workers
-            td = prompt_reset_td(sampler.draw(args.envs), list(range(args.envs)))
+            prompts = sampler.draw(args.envs)
+            actor = _ActiveOnlyActor(policy, False, args.envs, [tasks[p.task_index].instruction for p in prompts])
+            td = prompt_reset_td(prompts, list(range(args.envs)))
             start, decisions = time.perf_counter(), 0
             with torch.no_grad():
                 td = env.reset(td.reshape(args.workers, per))
@@ -113,22 +122,52 @@ def parallelenv_steps_per_s(suite, policy, args) -> float:
 
 
 def policy_ms_per_decision(suite, policy, args) -> float:
-    """Core-milliseconds of one batched policy call on ``args.envs`` observations (one thread)."""
+    """Milliseconds of the engine's policy step on ``args.envs`` observations (``_ActiveOnlyActor``:
+    input to the device, the policy, actions back): on one CPU thread (its core-time), or on the GPU
+    (its wall time)."""
     prompts = PromptSampler(suite, first_state=FIRST_STATE, seed=0).draw(args.envs)
     env = suite.make_env(args.envs, chunk_size=args.chunk)
-    td = env.reset(prompt_reset_td(prompts, [0] * args.envs))
+    td = env.reset(prompt_reset_td(prompts, [0] * args.envs)).exclude("language_instruction")
     env.close()
-    td = attach_instructions(suite, td.select("observation", "task_index"))
+    tasks = suite.all_tasks()
+    actor = _ActiveOnlyActor(policy, False, args.envs, [tasks[p.task_index].instruction for p in prompts])
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if actor.device.type == "cpu":
+        torch.set_num_threads(1)
     with torch.no_grad():
         for _ in range(5):
-            policy.act(td.clone())
+            actor(td.clone())
         start = time.perf_counter()
         for _ in range(30):
-            policy.act(td.clone())
+            actor(td.clone())  # its actions come back to the CPU: this waits for the device
     torch.set_num_threads(threads)
     return (time.perf_counter() - start) / 30 * 1e3
+
+
+def _raw_in_worker(image_size: int, num_envs: int, chunk: int, seconds: float, barrier, results) -> None:
+    torch.set_num_threads(1)
+    suite = TabletopSuite(image_size=image_size)
+    raw_steps_per_s(suite, num_envs, chunk, seconds=1.0)  # GL context, compiled scenes
+    barrier.wait()  # all measure at the same time
+    results.put(raw_steps_per_s(suite, num_envs, chunk, seconds))
+
+
+def concurrent_raw_steps_per_s(args) -> float:
+    """Summed env-steps/s of ``workers`` independent raw processes running at the same time: what
+    the simulators alone reach together on this machine (shared caches, clocks, GPU rendering)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(args.workers), ctx.Queue()
+    procs = [ctx.Process(target=_raw_in_worker, args=(args.image_size, args.envs // args.workers, args.chunk,
+                                                       5.0, barrier, results), daemon=True)
+             for _ in range(args.workers)]
+    for proc in procs:
+        proc.start()
+    total = sum(results.get(timeout=300) for _ in procs)
+    for proc in procs:
+        proc.join()
+    return total
 
 
 def discarded_fraction(suite, policy, sampler, args) -> tuple[float, float, dict[int, list[bool]]]:
@@ -157,18 +196,35 @@ def throughput(suite, policy, args) -> None:
     """Prints the ideal, the engine, the ParallelEnv baseline and the policy-cost limit (items 1-4)."""
     raw = raw_steps_per_s(suite, args.envs // args.workers, args.chunk)
     engine = engine_steps_per_s(suite, policy, args)
-    baseline = parallelenv_steps_per_s(suite, policy, args)
+    piped = engine_steps_per_s(suite, policy, args, pipeline=True)
+    baseline = None if args.skip_baseline else parallelenv_steps_per_s(suite, policy, args)
     ideal = raw * args.workers
+    device = next(policy.parameters()).device
     print(f"raw single-process sim ({args.envs // args.workers} sub-envs): {raw:,.0f} env-steps/s "
           f"x {args.workers} workers = ideal {ideal:,.0f}")
-    print(f"rollout engine with TinyVLA: {engine:,.0f} env-steps/s; ratio to ideal {engine / ideal:.2f} (goal >= 0.85)")
-    print(f"same loop on TorchRL ParallelEnv: {baseline:,.0f} env-steps/s; engine / ParallelEnv = {engine / baseline:.2f}")
+    print(f"rollout engine with TinyVLA on {device.type}: {engine:,.0f} env-steps/s; ratio to ideal "
+          f"{engine / ideal:.2f} (goal >= 0.85)")
+    print(f"rollout engine, pipelined halves (policy on one half while the other simulates): {piped:,.0f} "
+          f"env-steps/s; ratio to ideal {piped / ideal:.2f}; pipelined / engine = {piped / engine:.2f}")
+    if baseline is not None:
+        print(f"same loop on TorchRL ParallelEnv: {baseline:,.0f} env-steps/s; engine / ParallelEnv = {engine / baseline:.2f}")
+    if args.concurrent_raw:
+        together = concurrent_raw_steps_per_s(args)
+        print(f"{args.workers} raw processes at once: {together:,.0f} env-steps/s ({together / ideal:.2f} of the ideal); "
+              f"engine at {engine / together:.2f} of that, pipelined {piped / together:.2f}")
     policy_ms = policy_ms_per_decision(suite, policy, args)
-    sim_ms = args.envs * args.chunk / raw * 1e3  # core-milliseconds of simulation per decision of all sub-envs
-    bound = sim_ms / (sim_ms + policy_ms)
-    print(f"policy {policy_ms:.1f} ms per decision of {args.envs} sub-envs vs simulation {sim_ms:.1f} core-ms: "
-          f"highest ratio with the policy on the simulators' cores {bound:.2f}; engine at "
-          f"{engine / ideal / bound:.2f} of that")
+    if device.type == "cpu":
+        sim_ms = args.envs * args.chunk / raw * 1e3  # core-milliseconds of simulation per decision of all sub-envs
+        bound = sim_ms / (sim_ms + policy_ms)
+        print(f"policy {policy_ms:.1f} ms per decision of {args.envs} sub-envs vs simulation {sim_ms:.1f} core-ms: "
+              f"highest ratio with the policy on the simulators' cores {bound:.2f}; engine at "
+              f"{engine / ideal / bound:.2f} of that")
+    else:  # the simulators wait while the policy runs: a worker's wall time per decision is sim + policy
+        sim_ms = args.envs // args.workers * args.chunk / raw * 1e3
+        bound = sim_ms / (sim_ms + policy_ms)
+        print(f"policy {policy_ms:.1f} ms per decision of {args.envs} sub-envs on {device.type} vs {sim_ms:.1f} ms of "
+              f"simulation per worker: highest ratio of a synchronous step {bound:.2f}; engine at "
+              f"{engine / ideal / bound:.2f} of that")
 
 
 def main() -> None:
@@ -180,6 +236,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=40, help="rounds per prompt sampler (G x envs/G episodes each)")
     parser.add_argument("--skip-throughput", action="store_true", help="only the prompt-scheduler comparison")
+    parser.add_argument("--skip-scheduler", action="store_true", help="only the throughput measurements")
+    parser.add_argument("--concurrent-raw", action="store_true",
+                        help="also measure `workers` raw processes running at once (the simulators' joint limit)")
+    parser.add_argument("--skip-baseline", action="store_true", help="no TorchRL ParallelEnv baseline")
+    parser.add_argument("--device", default="cpu", help="where the policy runs (cpu, cuda)")
     parser.add_argument("--hidden-dim", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=256)
     parser.add_argument("--policy-ckpt", default=None, help="a .ckpt (e.g. SFT) to load into TinyVLA")
@@ -191,8 +252,11 @@ def main() -> None:
                            temperature=1.6)
     if args.policy_ckpt:
         load_policy_weights(policy, args.policy_ckpt)
+    policy.to(args.device)
     if not args.skip_throughput:
         throughput(suite, policy, args)
+    if args.skip_scheduler:
+        return
     uniform = discarded_fraction(suite, policy, PromptSampler(suite, first_state=FIRST_STATE, seed=0), args)
     aware = discarded_fraction(suite, policy, SuccessAwarePromptSampler(
         suite, group_size=args.group_size, first_state=FIRST_STATE, seed=0), args)

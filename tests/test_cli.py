@@ -40,6 +40,18 @@ def test_two_fit_steps_with_each_loss(loss_cls, tmp_path):
     assert "train/loss_objective" in scalars
 
 
+def test_two_fit_steps_with_pipelined_worker_rollouts(tmp_path):
+    cli = VLACLI(args=_toy_args(tmp_path, "--model.num_workers=2", "--model.pipeline_rollouts=true")[1:], run=False)
+    try:
+        cli.trainer.fit(cli.model)
+        assert cli.model.rollout.pipeline and cli.model.rollout.num_workers == 2
+    finally:
+        cli.model.rollout.close()
+    from vla_grpo.tb import read_scalars
+
+    assert [s for s, _ in read_scalars(tmp_path)["rollout/success_rate"]] == [0, 1]
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [

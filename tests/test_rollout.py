@@ -100,6 +100,34 @@ def test_worker_pool_rolls_out_exactly_what_the_in_process_env_does():
         assert torch.equal(one[key], two[key]), key
 
 
+@pytest.mark.parametrize("workers", [2, 4])
+def test_pipelined_halves_roll_out_the_same_episodes(workers):
+    """Two halves of the workers stepped in turn: the same greedy episodes as one in-process env.
+
+    Entries after an episode's end are padding (``valid`` False) in both; the
+    valid decisions and every ``next`` done/success must match.
+    """
+    suite = ToyReachSuite()
+    policy = _toy_policy()
+    prompts, groups = [Prompt(i % 2, i // 2) for i in range(16)], [i // 4 for i in range(16)]
+    data = {}
+    for n, pipeline in ((1, False), (workers, True)):
+        rollout = GroupedRollout(suite, num_envs=16, chunk_size=4, num_workers=n, pipeline=pipeline)
+        try:
+            data[pipeline] = rollout.run(policy, prompts, groups, greedy=True)
+        finally:
+            rollout.close()
+    one, piped = data[False], data[True]
+    assert one.shape == piped.shape
+    valid = one["valid"]
+    assert len(set(valid.sum(-1).tolist())) > 1 and torch.equal(valid, piped["valid"])
+    for key in (("observation", "state"), ("observation", "image"), ("vla_action", "tokens"),
+                ("next", "reward"), GROUP_ID_KEY, "task_index"):
+        assert torch.equal(one[key][valid], piped[key][valid]), key
+    for key in (("next", "done"), ("next", "success")):
+        assert torch.equal(one[key], piped[key]), key
+
+
 def test_an_env_error_in_a_worker_is_raised_not_retried():
     rollout = GroupedRollout(BrokenSimSuite(), num_envs=4, chunk_size=4, num_workers=2)
     try:

@@ -180,11 +180,34 @@ class SimulatorPool:
         Workers none of whose sub-envs is ``active`` are not stepped: their rows
         repeat the last transition (a finished episode is frozen anyway).
         """
-        stepped = [w for w, rows in enumerate(self.rows) if bool(active[rows].any())]
-        for w in stepped:
-            self._conns[w].send(("step", action[self.rows[w]].contiguous().numpy()))
-        self._gather(stepped)
+        workers = list(range(self.num_workers))
+        self.collect(self.send_step(workers, action[self.rows_of(workers)], active[self.rows_of(workers)]))
         return self._result()
+
+    # -- one group of workers at a time (the pipelined loop steps two halves in turn) --
+    def rows_of(self, workers: list[int]) -> torch.Tensor:
+        """Sub-env indices of ``workers``, in the order :meth:`send_step`/:meth:`collect` use."""
+        return torch.cat([self.rows[w] for w in workers])
+
+    def send_step(self, workers: list[int], action: torch.Tensor, active: torch.Tensor) -> list[int]:
+        """Start one action chunk on ``workers`` (rows in :meth:`rows_of` order) without waiting;
+        returns the workers that were started (those with an active sub-env)."""
+        stepped, start = [], 0
+        for w in workers:
+            rows = slice(start, start + len(self.rows[w]))
+            start = rows.stop
+            if bool(active[rows].any()):
+                self._conns[w].send(("step", action[rows].contiguous().numpy()))
+                stepped.append(w)
+        return stepped
+
+    def collect(self, stepped: list[int]) -> None:
+        """Wait for the workers started by :meth:`send_step`."""
+        self._gather(stepped)
+
+    def last(self, workers: list[int]) -> TensorDict:
+        """The latest transition of ``workers``' sub-envs, rows in :meth:`rows_of` order."""
+        return torch.cat([self._last[w] for w in workers], 0)
 
     def close(self) -> None:
         """Stop the workers (killing any that do not exit, e.g. a hung or stopped one)."""
