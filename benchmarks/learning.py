@@ -12,6 +12,7 @@ Variants:
 * ``no_dynamic_sampling``: all-equal groups are trained on (advantage 0);
 * ``symmetric_clip``: clip 0.2/0.2 (no clip-higher);
 * ``temperature_1``: rollout temperature 1.0;
+* ``thompson``: prompts by Thompson sampling over tasks instead of the success-aware weights;
 * ``zero_demo``: GRPO from the untrained policy (SFT on 0 demos);
 * ``extra_demos``: no RL: SFT on ``--extra-demos`` demos per task instead, evaluated
   on the same episodes (compare on the unseen splits).
@@ -45,6 +46,7 @@ VARIANTS = {
     "no_dynamic_sampling": ["--model.dynamic_sampling=false"],
     "symmetric_clip": ["--model.loss.init_args.clip_high=0.2"],
     "temperature_1": ["--model.rollout_temperature=1.0"],
+    "thompson": ["--model.prompt_sampling=thompson"],
     "zero_demo": [],
     "extra_demos": [],
 }

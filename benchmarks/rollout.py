@@ -21,8 +21,8 @@ Prints, from one run on the tabletop suite (128 px, chunk 8):
    simulators reach together on this machine (shared caches, clocks, one GPU
    rendering for all), and the engine against that.
 5. the fraction of rolled-out groups discarded by dynamic sampling with the
-   success-aware prompt scheduler vs uniform prompt draws, same policy, same
-   number of rounds (goal <= 0.5x uniform).
+   success-aware prompt scheduler, and with Thompson sampling over tasks, vs
+   uniform prompt draws, same policy, same number of rounds (goal <= 0.5x uniform).
 
     python benchmarks/rollout.py --workers 2 --rounds 12 [--policy-ckpt sft.ckpt]
     python benchmarks/rollout.py --workers 2 --image-size 64 --hidden-dim 256 --vocab-size 32 \
@@ -50,6 +50,7 @@ from vla_grpo.rollout import (  # noqa: E402
     GroupedRollout,
     PromptSampler,
     SuccessAwarePromptSampler,
+    ThompsonPromptSampler,
     _ActiveOnlyActor,
     prompt_reset_td,
     split_prompts,
@@ -258,13 +259,16 @@ def main() -> None:
     if args.skip_scheduler:
         return
     uniform = discarded_fraction(suite, policy, PromptSampler(suite, first_state=FIRST_STATE, seed=0), args)
-    aware = discarded_fraction(suite, policy, SuccessAwarePromptSampler(
-        suite, group_size=args.group_size, first_state=FIRST_STATE, seed=0), args)
     groups = args.rounds * args.envs // args.group_size
-    for label, u, a in (("all", uniform[0], aware[0]), ("second half", uniform[1], aware[1])):
-        ratio = a / u if u else float("nan")
-        print(f"discarded groups ({label} of {groups} per sampler): uniform {u:.2f}, success-aware {a:.2f}; "
-              f"ratio {ratio:.2f} (goal <= 0.5)")
+    aware = {}
+    for name, cls in (("success-aware", SuccessAwarePromptSampler), ("thompson", ThompsonPromptSampler)):
+        aware[name] = discarded_fraction(suite, policy, cls(suite, group_size=args.group_size,
+                                                            first_state=FIRST_STATE, seed=0), args)
+        for label, i in (("all", 0), ("second half", 1)):
+            u, a = uniform[i], aware[name][i]
+            ratio = a / u if u else float("nan")
+            print(f"discarded groups ({label} of {groups} per sampler): uniform {u:.2f}, {name} {a:.2f}; "
+                  f"ratio {ratio:.2f} (goal <= 0.5)")
     # what no scheduler can beat: the discarded fraction of the task with the most mixed groups (uniform's data)
     rates = {t: sum(v) / len(v) for t, v in uniform[2].items() if len(v) >= 5}
     if rates:
@@ -273,8 +277,9 @@ def main() -> None:
         print(f"per task (uniform draws, tasks with >= 5 groups): discarded {', '.join(f'{r:.2f}' for r in sorted(rates.values()))}; "
               f"drawing only the best task ({suite.all_tasks()[best].name}) would discard {floor:.2f}, "
               f"ratio {floor / uniform[0]:.2f}")
-    drawn = {t: len(v) for t, v in aware[2].items()}
-    print(f"success-aware draws per task: {sorted(drawn.values(), reverse=True)}")
+    for name, result in aware.items():
+        drawn = {t: len(v) for t, v in result[2].items()}
+        print(f"{name} draws per task ({len(drawn)} tasks): {sorted(drawn.values(), reverse=True)}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def test_two_fit_steps_with_pipelined_worker_rollouts(tmp_path):
         ("--model.init_args.no_such_knob=3", "Option 'no_such_knob' is not accepted"),
         ("--model.loss=vla_grpo.losses.NoSuchLoss", "has no attribute 'NoSuchLoss'"),
         ("--model.group_size=1", "`--model.group_size` must be >= 2 (got 1)"),
+        ("--model.prompt_sampling=thompsn", "`--model.prompt_sampling` must be one of 'success_aware', 'thompson'"),
         ("--model.loss.init_args.clip_high=-0.5", "`--model.loss.init_args.clip_high` must be >= 0 (got -0.5)"),
         ("--model.init_from=/nonexistent.ckpt", "no checkpoint file at /nonexistent.ckpt"),
         ("--model.train_first_state=500", "`--model.train_first_state` is 500"),

@@ -22,6 +22,7 @@ from vla_grpo.rollout import (
     Prompt,
     PromptSampler,
     SuccessAwarePromptSampler,
+    ThompsonPromptSampler,
     split_trajectories,
 )
 from vla_grpo.simpool import SimulatorError
@@ -171,12 +172,16 @@ def _discarded_fraction(sampler, true_p: dict, rounds: int = 300, G: int = 8) ->
     return discarded / (2 * rounds)
 
 
-def test_success_aware_sampler_discards_fewer_groups_than_uniform():
+AWARE_SAMPLERS = [SuccessAwarePromptSampler, ThompsonPromptSampler]
+
+
+@pytest.mark.parametrize("sampler_cls", AWARE_SAMPLERS, ids=lambda c: c.__name__)
+def test_success_aware_sampler_discards_fewer_groups_than_uniform(sampler_cls):
     suite = ToyReachSuite(num_init_states=4)  # 8 train prompts
     uniform = PromptSampler(suite, seed=0)
     # half the prompts are solved or hopeless (all-equal groups), half are mixed
     true_p = dict(zip(uniform.prompts, [0.0, 0.0, 1.0, 1.0, 0.5, 0.3, 0.7, 0.02], strict=True))
-    aware = SuccessAwarePromptSampler(suite, group_size=8, seed=0)
+    aware = sampler_cls(suite, group_size=8, seed=0)
     base, ours = _discarded_fraction(uniform, true_p), _discarded_fraction(aware, true_p)
     assert base > 0.4
     assert ours <= 0.5 * base, (ours, base)
@@ -185,16 +190,35 @@ def test_success_aware_sampler_discards_fewer_groups_than_uniform():
     assert len({p for _ in range(50) for p in uniform.draw(2)}) == len(uniform.prompts)
 
 
-def test_success_aware_sampler_learns_per_task_when_prompts_are_rarely_revisited():
+@pytest.mark.parametrize("sampler_cls", AWARE_SAMPLERS, ids=lambda c: c.__name__)
+def test_success_aware_sampler_learns_per_task_when_prompts_are_rarely_revisited(sampler_cls):
     """80 prompts, 40 draws: per-prompt counts stay ~0, so the task's rate has to carry the estimate."""
     suite = ToyReachSuite(num_init_states=40)
     uniform = PromptSampler(suite, seed=0)
     red = suite.task_index("train/red")
     true_p = {p: 0.0 if p.task_index == red else 0.5 for p in uniform.prompts}  # one task hopeless
-    aware = SuccessAwarePromptSampler(suite, group_size=8, seed=0)
+    aware = sampler_cls(suite, group_size=8, seed=0)
     base, ours = _discarded_fraction(uniform, true_p, rounds=20), _discarded_fraction(aware, true_p, rounds=20)
     assert base > 0.4
     assert ours <= 0.5 * base, (ours, base)
+
+
+def test_thompson_sampler_follows_the_mixed_task_when_it_moves():
+    """The policy changes: a task that gave mixed groups gets solved and another starts giving them."""
+    suite = ToyReachSuite(num_init_states=20)
+    sampler = ThompsonPromptSampler(suite, group_size=8, seed=0)
+    tasks = sorted({p.task_index for p in sampler.prompts})
+    first, second = tasks[0], tasks[1]
+    phase1 = {p: 0.5 if p.task_index == first else 0.0 for p in sampler.prompts}
+    phase2 = {p: 0.5 if p.task_index == second else (1.0 if p.task_index == first else 0.0)
+              for p in sampler.prompts}
+    _discarded_fraction(sampler, phase1, rounds=60)
+    drawn = [p.task_index for _ in range(20) for p in sampler.draw(2)]
+    assert drawn.count(first) > 0.6 * len(drawn)
+    _discarded_fraction(sampler, phase2, rounds=60)
+    drawn = [p.task_index for _ in range(20) for p in sampler.draw(2)]
+    assert drawn.count(second) > 0.6 * len(drawn) and drawn.count(first) < 0.2 * len(drawn)
+    assert len(set(p for _ in range(5) for p in sampler.draw(2))) > 1  # states within the task vary
 
 
 def test_ranks_get_disjoint_prompt_shards():
