@@ -101,7 +101,7 @@ class GRPOModule(L.LightningModule):
         pipeline_rollouts: step two halves of the simulator workers in turn, the
             policy acting on one half while the other simulates (needs
             ``num_workers >= 2``). Measured 1.08-1.10x the env-steps/s with the
-            policy on a GPU, 0.88x on a 2-core CPU (``benchmarks/rollout.py``).
+            policy on a GPU, 0.87-0.93x on a 2-core CPU (``benchmarks/rollout.py``).
         ppo_epochs: passes over the step's data.
         num_minibatches: optimizer steps per epoch (equal on every rank).
         lr: AdamW learning rate.

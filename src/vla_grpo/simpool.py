@@ -181,7 +181,8 @@ class SimulatorPool:
         repeat the last transition (a finished episode is frozen anyway).
         """
         workers = list(range(self.num_workers))
-        self.collect(self.send_step(workers, action[self.rows_of(workers)], active[self.rows_of(workers)]))
+        rows = self.rows_of(workers)
+        self.collect(self.send_step(workers, action[rows], active[rows]))
         return self._result()
 
     # -- one group of workers at a time (the pipelined loop steps two halves in turn) --
