@@ -240,6 +240,27 @@ def test_truncation_at_the_step_limit(suite):
     env.close()
 
 
+@pytest.mark.parametrize("suite_name", ["tabletop", "bimanual"])
+def test_an_unstable_simulation_ends_its_episode_as_a_failure(suite_name):
+    """MuJoCo resets a diverged sim to its default pose and goes on; the env ends that episode."""
+    from vla_grpo.envs.bimanual import BimanualSuite
+
+    suite = TabletopSuite(image_size=32) if suite_name == "tabletop" else BimanualSuite(image_size=32)
+    env = suite.make_env(2, chunk_size=4)
+    td = env.reset(prompts([0, 0], [0, 0]))
+    env.sims[0].data.qvel[:] = 1e30  # sub-env 0 blows up at its next physics step
+    td["action"] = torch.zeros(2, 4, suite.action_dim)
+    nxt = env.step(td)["next"]
+    assert nxt["done"][0] and nxt["truncated"][0] and not nxt["success"][0]
+    assert not nxt["done"][1] and env.diverged_episodes == 1
+    # the next reset starts a clean episode (mj_resetData clears MuJoCo's warnings)
+    td = env.reset(prompts([0, 0], [0, 0]))
+    assert not td["done"].any()
+    td["action"] = torch.zeros(2, 4, suite.action_dim)
+    assert not env.step(td)["next", "done"].any() and env.diverged_episodes == 1
+    env.close()
+
+
 @pytest.mark.parametrize("spread", ["narrow", "wide"])
 def test_expert_succeeds_on_sampled_states_of_every_task(spread):
     suite = TabletopSuite(spread=spread)

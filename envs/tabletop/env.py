@@ -24,7 +24,7 @@ from ..base import (
 )
 from .render import FrameRenderer
 from .scene import build_mjcf
-from .sim import TabletopSim
+from .sim import TabletopSim, diverged
 from .tasks import TabletopTask
 
 IMAGE_KEY = ("observation", "image")
@@ -76,6 +76,8 @@ class TabletopEnv(EnvBase):
         self._images = np.zeros((n, s, s, 3), dtype=np.uint8)
         self._wrist = np.zeros((n, s, s, 3), dtype=np.uint8) if suite.wrist_camera else None
         self._success = np.zeros(n, dtype=bool)
+        #: episodes ended early because the simulation went unstable (see ``_run_chunk``)
+        self.diverged_episodes = 0
         self._ids = {k: torch.zeros(n, 1, dtype=torch.int64) for k in PROMPT_KEYS}
 
     def _make_specs(self) -> None:
@@ -168,12 +170,21 @@ class TabletopEnv(EnvBase):
         return out
 
     def _run_chunk(self, i: int, chunk: np.ndarray) -> bool:
-        """Execute one chunk on sub-env ``i`` until success or its step limit; False if it was done."""
+        """Execute one chunk on sub-env ``i`` until success or its step limit; False if it was done.
+
+        An episode whose simulation went unstable (MuJoCo's NaN/Inf warnings;
+        MuJoCo then resets the state itself) ends there as a failure: truncated,
+        never a success.
+        """
         sim, limit = self.sims[i], self._max_steps(i)
         if self._success[i] or sim.steps >= limit:
             return False  # a finished episode stays frozen until reset
         for action in chunk:
             sim.step(action)
+            if diverged(sim.data):
+                sim.steps = limit
+                self.diverged_episodes += 1
+                break
             if sim.success():
                 self._success[i] = True
                 break

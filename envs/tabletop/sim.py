@@ -25,6 +25,21 @@ from .scene import BASKET_INNER, BASKET_WALL
 from .tasks import FRONT_Y, LIFT_HEIGHT, TabletopTask
 
 SUBSTEPS = 2
+#: MuJoCo's instability warnings: NaN, Inf or huge values in the state or its acceleration
+_UNSTABLE = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
+
+
+def diverged(data: mujoco.MjData) -> bool:
+    """Whether MuJoCo found the simulation unstable since the last ``mj_resetData``.
+
+    MuJoCo then resets the state to the model's default pose by itself and goes
+    on, so an episode would continue from a scene it never reached (and could
+    even count a success there). Seen twice in one of six 300-step bimanual
+    GRPO runs (MUJOCO_LOG.TXT: huge QACC).
+    """
+    return any(data.warning[w].number for w in _UNSTABLE)
+
+
 #: hand displacement per control step at |action| = 1 (metres, per axis)
 MAX_DELTA = 0.012
 #: reachable box of the tool centre point (between the finger tips)
