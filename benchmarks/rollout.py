@@ -52,6 +52,7 @@ from vla_grpo.rollout import (  # noqa: E402
     SuccessAwarePromptSampler,
     ThompsonPromptSampler,
     _ActiveOnlyActor,
+    prompt_instructions,
     prompt_reset_td,
     split_prompts,
 )
@@ -99,12 +100,11 @@ def parallelenv_steps_per_s(suite, policy, args) -> float:
     env = ParallelEnv(args.workers, functools.partial(suite.make_env, per, chunk_size=args.chunk),
                       num_threads=1, num_sub_threads=1)
     sampler = PromptSampler(suite, first_state=FIRST_STATE, seed=0)
-    tasks = suite.all_tasks()
     rates = []
     try:
         for rep in range(4):  # the first starts the workers
             prompts = sampler.draw(args.envs)
-            actor = _ActiveOnlyActor(policy, False, args.envs, [tasks[p.task_index].instruction for p in prompts])
+            actor = _ActiveOnlyActor(policy, False, args.envs, prompt_instructions(suite, prompts))
             td = prompt_reset_td(prompts, list(range(args.envs)))
             start, decisions = time.perf_counter(), 0
             with torch.no_grad():
@@ -130,8 +130,7 @@ def policy_ms_per_decision(suite, policy, args) -> float:
     env = suite.make_env(args.envs, chunk_size=args.chunk)
     td = env.reset(prompt_reset_td(prompts, [0] * args.envs)).exclude("language_instruction")
     env.close()
-    tasks = suite.all_tasks()
-    actor = _ActiveOnlyActor(policy, False, args.envs, [tasks[p.task_index].instruction for p in prompts])
+    actor = _ActiveOnlyActor(policy, False, args.envs, prompt_instructions(suite, prompts))
     threads = torch.get_num_threads()
     if actor.device.type == "cpu":
         torch.set_num_threads(1)

@@ -151,26 +151,8 @@ class GRPOModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _positive("group_size", group_size, 2)
-        _positive("groups_per_step", groups_per_step)
-        _positive("max_rollout_rounds", max_rollout_rounds)
-        _positive("ppo_epochs", ppo_epochs)
-        _positive("num_minibatches", num_minibatches)
-        _positive("eval_states_per_task", eval_states_per_task)
-        if train_first_state is not None:
-            _positive("train_first_state", train_first_state, 0)
-        _check_prompt_pool(suite, _first_train_state(train_first_state, eval_states_per_task), train_tasks)
-        if rollout_temperature <= 0:
-            raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {rollout_temperature})")
-        if prompt_sampling not in PROMPT_SAMPLERS:
-            raise ValueError(f"`--model.prompt_sampling` must be one of {', '.join(map(repr, PROMPT_SAMPLERS))} "
-                             f"(got {prompt_sampling!r})")
-        _positive("num_workers", num_workers)
-        if prompts_per_round is not None:
-            _positive("prompts_per_round", prompts_per_round)
-        if init_from and sft is not None:
-            raise ValueError("`--model.init_from` and `--model.sft` both name a starting point; give one")
         self.save_hyperparameters(ignore=["policy", "suite", "loss", "sft"])
+        self._check_args(suite, sft)
         self.automatic_optimization = False
         self.policy = policy
         self.suite = suite
@@ -184,6 +166,26 @@ class GRPOModule(L.LightningModule):
 
             load_policy_weights(self.policy, init_from)
         self._check_policy_fits_suite()
+
+    def _check_args(self, suite: Suite, sft: SFTStage | None) -> None:
+        """One-line errors naming the ``--model.*`` field for bad values."""
+        hp = self.hparams
+        for name, minimum in (("group_size", 2), ("groups_per_step", 1), ("max_rollout_rounds", 1),
+                              ("ppo_epochs", 1), ("num_minibatches", 1), ("eval_states_per_task", 1)):
+            _positive(name, hp[name], minimum)
+        if hp.train_first_state is not None:
+            _positive("train_first_state", hp.train_first_state, 0)
+        _check_prompt_pool(suite, _first_train_state(hp.train_first_state, hp.eval_states_per_task), hp.train_tasks)
+        if hp.rollout_temperature <= 0:
+            raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {hp.rollout_temperature})")
+        if hp.prompt_sampling not in PROMPT_SAMPLERS:
+            raise ValueError(f"`--model.prompt_sampling` must be one of {', '.join(map(repr, PROMPT_SAMPLERS))} "
+                             f"(got {hp.prompt_sampling!r})")
+        _positive("num_workers", hp.num_workers)
+        if hp.prompts_per_round is not None:
+            _positive("prompts_per_round", hp.prompts_per_round)
+        if hp.init_from and sft is not None:
+            raise ValueError("`--model.init_from` and `--model.sft` both name a starting point; give one")
 
     def _check_policy_fits_suite(self) -> None:
         for name in ("action_dim", "state_dim", "image_size"):

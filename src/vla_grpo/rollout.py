@@ -323,7 +323,6 @@ class GroupedRollout:
         self.restarts = 0
         self.last_env_steps_per_s = 0.0
         self.last_decisions_per_s = 0.0
-        self._instructions = [t.instruction for t in suite.all_tasks()]
         self.env = None  # the in-process env or the worker pool, built on the first run
 
     def _make_env(self):
@@ -372,7 +371,7 @@ class GroupedRollout:
         raise AssertionError("unreachable")
 
     def _run_once(self, policy, prompts, group_ids, greedy: bool) -> TensorDict:
-        instructions = [self._instructions[p.task_index] for p in prompts]
+        instructions = prompt_instructions(self.suite, prompts)
         start = time.perf_counter()
         reset = prompt_reset_td(prompts, group_ids)
         if isinstance(self.env, SimulatorPool):
@@ -636,6 +635,12 @@ class DynamicSamplingBuffer:
         if reset:
             self.transform.reset_stats()
         return stats
+
+
+def prompt_instructions(suite: Suite, prompts: list[Prompt]) -> list[str]:
+    """The language instruction of each prompt's task."""
+    tasks = suite.all_tasks()
+    return [tasks[p.task_index].instruction for p in prompts]
 
 
 def attach_instructions(suite: Suite, td: TensorDict) -> TensorDict:

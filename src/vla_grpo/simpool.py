@@ -151,8 +151,9 @@ class SimulatorPool:
             raise SimulatorError(f"simulator worker {w} failed:\n{payload}")
         return payload
 
-    def _gather(self, workers: list[int]) -> None:
-        """Receive the answers of ``workers`` as they come (blocking, no spinning) into ``self._last``."""
+    def collect(self, workers: list[int]) -> None:
+        """Receive the answers of ``workers`` (those started by :meth:`send_step`, or all after a reset)
+        as they come, blocking without spinning, into ``self._last``."""
         pending = {self._conns[w]: w for w in workers}
         while pending:
             ready = wait(list(pending), timeout=self.timeout_s)
@@ -171,7 +172,7 @@ class SimulatorPool:
         """Reset every sub-env to the prompts in ``td`` (``[num_envs]``); returns the first observations."""
         for w, rows in enumerate(self.rows):
             self._conns[w].send(("reset", _to_arrays(td[rows])))
-        self._gather(list(range(self.num_workers)))
+        self.collect(list(range(self.num_workers)))
         return self._result()
 
     def step(self, action: torch.Tensor, active: torch.Tensor) -> TensorDict:
@@ -201,10 +202,6 @@ class SimulatorPool:
                 self._conns[w].send(("step", action[rows].contiguous().numpy()))
                 stepped.append(w)
         return stepped
-
-    def collect(self, stepped: list[int]) -> None:
-        """Wait for the workers started by :meth:`send_step`."""
-        self._gather(stepped)
 
     def last(self, workers: list[int]) -> TensorDict:
         """The latest transition of ``workers``' sub-envs, rows in :meth:`rows_of` order."""
