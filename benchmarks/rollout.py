@@ -46,16 +46,15 @@ from torchrl.envs import ParallelEnv  # noqa: E402
 from vla_grpo.checkpoint import load_policy_weights  # noqa: E402
 from vla_grpo.envs.tabletop import TabletopSuite  # noqa: E402
 from vla_grpo.policies.tiny import TinyVLAPolicy  # noqa: E402
-from vla_grpo.rollout import (  # noqa: E402
-    GroupedRollout,
+from vla_grpo.prompts import (  # noqa: E402
     PromptSampler,
     SuccessAwarePromptSampler,
     ThompsonPromptSampler,
-    _ActiveOnlyActor,
     prompt_instructions,
     prompt_reset_td,
     split_prompts,
 )
+from vla_grpo.rollout import ActivePolicyStep, GroupedRollout  # noqa: E402
 
 FIRST_STATE = 10
 
@@ -104,7 +103,7 @@ def parallelenv_steps_per_s(suite, policy, args) -> float:
     try:
         for rep in range(4):  # the first starts the workers
             prompts = sampler.draw(args.envs)
-            actor = _ActiveOnlyActor(policy, False, args.envs, prompt_instructions(suite, prompts))
+            actor = ActivePolicyStep(policy, False, args.envs, prompt_instructions(suite, prompts))
             td = prompt_reset_td(prompts, list(range(args.envs)))
             start, decisions = time.perf_counter(), 0
             with torch.no_grad():
@@ -123,14 +122,14 @@ def parallelenv_steps_per_s(suite, policy, args) -> float:
 
 
 def policy_ms_per_decision(suite, policy, args) -> float:
-    """Milliseconds of the engine's policy step on ``args.envs`` observations (``_ActiveOnlyActor``:
+    """Milliseconds of the engine's policy step on ``args.envs`` observations (``ActivePolicyStep``:
     input to the device, the policy, actions back): on one CPU thread (its core-time), or on the GPU
     (its wall time)."""
     prompts = PromptSampler(suite, first_state=FIRST_STATE, seed=0).draw(args.envs)
     env = suite.make_env(args.envs, chunk_size=args.chunk)
     td = env.reset(prompt_reset_td(prompts, [0] * args.envs)).exclude("language_instruction")
     env.close()
-    actor = _ActiveOnlyActor(policy, False, args.envs, prompt_instructions(suite, prompts))
+    actor = ActivePolicyStep(policy, False, args.envs, prompt_instructions(suite, prompts))
     threads = torch.get_num_threads()
     if actor.device.type == "cpu":
         torch.set_num_threads(1)

@@ -23,7 +23,7 @@ import torch
 
 from vla_grpo.envs.base import Suite
 from vla_grpo.keys import IMAGE_KEY, SUCCESS_KEY
-from vla_grpo.rollout import Prompt
+from vla_grpo.prompts import Prompt
 
 from .split_eval import SplitEvalListener, SplitResult, task_label
 

@@ -20,7 +20,8 @@ from vla_grpo.callbacks.split_eval import count_by_task
 from vla_grpo.cli import main
 from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.policies.tiny import TinyVLAPolicy
-from vla_grpo.rollout import GroupedRollout, Prompt
+from vla_grpo.prompts import Prompt
+from vla_grpo.rollout import GroupedRollout
 from vla_grpo.tb import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -188,7 +188,7 @@ def test_positive_advantage_raises_taken_tokens_logprob(loss_cls):
 def test_all_equal_reward_group_gives_zero_gradient(loss_cls):
     """An all-success group: the group transform's advantage is 0, so no gradient."""
     from tests.helpers import make_trajectory
-    from vla_grpo.rollout import DynamicSamplingBuffer
+    from vla_grpo.groups import DynamicSamplingBuffer
 
     buf = DynamicSamplingBuffer(group_size=4, dynamic_sampling=False)
     buf.extend([make_trajectory(group_id=0, traj_id=i, length=2, success=True) for i in range(4)])

@@ -14,17 +14,11 @@ import torch
 from tests.helpers import BrokenSimSuite, make_trajectory
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.toy import ToyReachSuite
+from vla_grpo.groups import DynamicSamplingBuffer, split_trajectories
 from vla_grpo.keys import GROUP_ID_KEY, RETURN_KEY, TRAJ_TOKENS_KEY
 from vla_grpo.policies.tiny import TinyVLAPolicy
-from vla_grpo.rollout import (
-    DynamicSamplingBuffer,
-    GroupedRollout,
-    Prompt,
-    PromptSampler,
-    SuccessAwarePromptSampler,
-    ThompsonPromptSampler,
-    split_trajectories,
-)
+from vla_grpo.prompts import Prompt, PromptSampler, SuccessAwarePromptSampler, ThompsonPromptSampler
+from vla_grpo.rollout import GroupedRollout
 from vla_grpo.simpool import SimulatorError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +62,7 @@ def test_lengths_and_masks_when_episodes_end_at_different_steps():
         n = int(lengths[i])
         assert valid[i, :n].all() and not valid[i, n:].any()
         assert done[i, n - 1] and not done[i, : n - 1].any()
-    trajs = split_trajectories(data, first_traj_id=100, tokens_per_decision=8)
+    trajs = split_trajectories(data, list(range(100, 132)), tokens_per_decision=8)
     for i, traj in enumerate(trajs):
         n = int(lengths[i])
         assert traj.shape == (n,)
@@ -284,7 +278,7 @@ def test_a_dead_or_hung_worker_is_restarted_and_no_partial_trajectory_leaks(sig)
     done = data["next", "done"].squeeze(-1)
     assert all(bool(done[i, int(n) - 1]) for i, n in enumerate(lengths))
     buf = DynamicSamplingBuffer(group_size=4, dynamic_sampling=False)
-    buf.extend(split_trajectories(data, first_traj_id=0, tokens_per_decision=8))
+    buf.extend(split_trajectories(data, list(range(data.shape[0])), tokens_per_decision=8))
     assert buf.num_groups == 2
 
 

@@ -11,20 +11,19 @@ import torch
 from tensordict import TensorDict
 
 from tests.helpers import run_cli_error
+from vla_grpo.data import (
+    PAD_KEY,
+    DemoDataModule,
+    DemoWindows,
+    color_jitter,
+    model_links,
+    random_shift,
+)
 from vla_grpo.envs.demos import Demo, write_demos
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.module import GRPOModule
 from vla_grpo.policies.tiny import TinyVLAPolicy
-from vla_grpo.sft import (
-    PAD_KEY,
-    DemoDataModule,
-    DemoWindows,
-    SFTModule,
-    color_jitter,
-    init_token_prior,
-    random_shift,
-    token_log_prior,
-)
+from vla_grpo.sft import SFTModule
 
 SIZE, CHUNK = 16, 4
 TASKS = "goal/lift_mug,spatial/behind_plate"
@@ -67,11 +66,11 @@ def test_augmentations_keep_shape_and_are_off_at_zero():
 def test_token_prior_is_the_demo_marginal_without_pads():
     policy = TinyVLAPolicy(action_dim=2, chunk_size=2, state_dim=3, image_size=16, hidden_dim=8, vocab_size=8)
     windows = DemoWindows([_demo([-1, 1, 1])], chunk_size=2)  # tokens 0, 7, 7 in both dims
-    prior = token_log_prior(policy, windows.chunks, windows.pad)
+    prior = policy.token_log_prior(windows.chunks, windows.pad)
     assert prior.shape == (2, 2, 8)
     assert prior[0].argmax(-1).tolist() == [7, 7]       # step 0 of the windows: -1, 1, 1
     assert prior[1, 0, 7] > prior[1, 0, 0] == prior[1, 0, 3]  # step 1: 1, 1 and one pad (not counted)
-    assert init_token_prior(policy, prior)
+    assert policy.set_token_prior(prior)
     torch.testing.assert_close(policy.head.bias, prior.reshape(-1))
 
 
@@ -103,7 +102,8 @@ def _fit(suite, root, demo_file, *, demos_per_task=1, max_steps=60, validate=Fal
 
     module = SFTModule(_policy(), suite, lr=1e-2, eval_states_per_task=1, eval_splits=["unseen_goal"],
                        eval_num_envs=3)
-    data = DemoDataModule(demos_per_task=demos_per_task, demo_file=str(demo_file), tasks=TASKS, batch_size=16)
+    data = DemoDataModule(demos_per_task=demos_per_task, demo_file=str(demo_file), tasks=TASKS, batch_size=16,
+                          **model_links(module))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0,
                                                save_on_train_epoch_end=True)
     trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
@@ -215,14 +215,10 @@ def test_too_few_demos_per_task_names_the_file(suite, demo_file, tmp_path):
 
 
 def test_missing_demo_file_is_written_by_the_experts_and_cached(suite, tmp_path):
-    data = DemoDataModule(demos_per_task=1, cache_dir=str(tmp_path), tasks="goal/lift_mug", first_state=30)
-    path = data.demo_path(suite)
+    data = DemoDataModule(demos_per_task=1, cache_dir=str(tmp_path), tasks="goal/lift_mug", first_state=30,
+                          suite=suite)
+    path = data.demo_path()
     assert path.name == "tabletop_16px_goal+lift_mug_1x_from30.hdf5"
-
-    class Fake:  # prepare_data only needs the model's suite
-        lightning_module = type("M", (), {"suite": suite})()
-
-    data.trainer = Fake()
     data.prepare_data()
     stamp = path.stat().st_mtime_ns
     data.prepare_data()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tabletop.expert import CARRY_BOTTOM, CLOSE, OPEN, TRANSIT_Z, _move, _xy_dist, plan_chunk
+from ..tabletop.expert import CARRY_BOTTOM, CLOSE, OPEN, TRANSIT_Z, move_action, plan_chunk, xy_dist
 from ..tabletop.sim import MAX_DELTA
 from .scene import HAMMER_HEAD, POT_HANDLE_HALF, POT_HANDLE_X, grasp_parts, pot_handle_z
 from .sim import BimanualSim
@@ -39,29 +39,29 @@ def grasp_height(sim: BimanualSim, key: str) -> float:
 
 # -- per-arm skills ------------------------------------------------------------------
 def hold(sim: BimanualSim, arm: int, gripper: float) -> np.ndarray:
-    return _move(sim.tcp(arm), sim.tcp(arm), gripper)
+    return move_action(sim.tcp(arm), sim.tcp(arm), gripper)
 
 
 def home(sim: BimanualSim, arm: int) -> np.ndarray:
     """Open, rise to the transit height, then go to the arm's home corner."""
     tcp, dest = sim.tcp(arm), np.array(HOME[arm])
-    if _xy_dist(tcp, dest) > 0.02 and tcp[2] < TRANSIT_Z - 0.01:
-        return _move(tcp, [tcp[0], tcp[1], TRANSIT_Z], OPEN)
-    return _move(tcp, dest, OPEN)
+    if xy_dist(tcp, dest) > 0.02 and tcp[2] < TRANSIT_Z - 0.01:
+        return move_action(tcp, [tcp[0], tcp[1], TRANSIT_Z], OPEN)
+    return move_action(tcp, dest, OPEN)
 
 
 def fetch(sim: BimanualSim, arm: int, grasp) -> np.ndarray:
     """Reach over ``grasp`` (x, y, z of the tool centre) at transit height, descend open, close."""
     tcp = sim.tcp(arm)
-    dxy = _xy_dist(tcp, grasp)
+    dxy = xy_dist(tcp, grasp)
     if dxy < 0.006 and tcp[2] - grasp[2] < 0.004:
-        return _move(tcp, grasp, CLOSE)
+        return move_action(tcp, grasp, CLOSE)
     if dxy < 0.006:
         fingers_open = sim.finger_q(arm).max() < 0.004  # descend only open, else they land on it
-        return _move(tcp, grasp if fingers_open else tcp, OPEN)
+        return move_action(tcp, grasp if fingers_open else tcp, OPEN)
     if dxy > 0.02 and tcp[2] < TRANSIT_Z - 0.01:
-        return _move(tcp, [tcp[0], tcp[1], TRANSIT_Z], OPEN)  # rise before moving across
-    return _move(tcp, [grasp[0], grasp[1], max(tcp[2], TRANSIT_Z) if dxy > 0.02 else tcp[2]], OPEN)
+        return move_action(tcp, [tcp[0], tcp[1], TRANSIT_Z], OPEN)  # rise before moving across
+    return move_action(tcp, [grasp[0], grasp[1], max(tcp[2], TRANSIT_Z) if dxy > 0.02 else tcp[2]], OPEN)
 
 
 def carry(sim: BimanualSim, arm: int, key: str, dest_xy, release_bottom: float,
@@ -69,21 +69,21 @@ def carry(sim: BimanualSim, arm: int, key: str, dest_xy, release_bottom: float,
     """Carry the held ``key`` with its bottom at ``carry_bottom`` over ``dest_xy``, lower, release."""
     tcp, bottom = sim.tcp(arm), sim.bottom(key)
     dest = np.asarray(dest_xy[:2]) - (sim.pos(key) - tcp)[:2]
-    dxy = _xy_dist(tcp, dest)
+    dxy = xy_dist(tcp, dest)
     if dxy > 0.004:
         if dxy > 0.02 and bottom < carry_bottom - 0.01:
-            return _move(tcp, tcp + [0, 0, carry_bottom - bottom], CLOSE)
-        return _move(tcp, [dest[0], dest[1], tcp[2] + max(0.0, carry_bottom - bottom)], CLOSE)
+            return move_action(tcp, tcp + [0, 0, carry_bottom - bottom], CLOSE)
+        return move_action(tcp, [dest[0], dest[1], tcp[2] + max(0.0, carry_bottom - bottom)], CLOSE)
     if bottom > release_bottom + 0.002:
-        return _move(tcp, [dest[0], dest[1], tcp[2] - (bottom - release_bottom)], CLOSE)
-    return _move(tcp, tcp, OPEN)
+        return move_action(tcp, [dest[0], dest[1], tcp[2] - (bottom - release_bottom)], CLOSE)
+    return move_action(tcp, tcp, OPEN)
 
 
 def pick_place(sim: BimanualSim, arm: int, key: str, dest_xy, release_bottom: float) -> np.ndarray:
     """Fetch ``key`` and put it down centred on ``dest_xy``; back off once it is there."""
     if arm in sim.holders(key):
         return carry(sim, arm, key, dest_xy, release_bottom)
-    if _xy_dist(sim.pos(key), dest_xy) < 0.012:
+    if xy_dist(sim.pos(key), dest_xy) < 0.012:
         return home(sim, arm)
     return fetch(sim, arm, body_grasp(sim, key))
 
@@ -115,7 +115,7 @@ def lift_pot(sim: BimanualSim) -> np.ndarray:
     for arm, sx in ((LEFT, -1.0), (RIGHT, 1.0)):
         if arm in holders:
             lift = 0.05 + 0.04 - sim.bottom(pot) if holders == {LEFT, RIGHT} else 0.0  # wait for the other hand
-            acts[arm] = _move(sim.tcp(arm), sim.tcp(arm) + [0, 0, lift], CLOSE)
+            acts[arm] = move_action(sim.tcp(arm), sim.tcp(arm) + [0, 0, lift], CLOSE)
             continue
         handle = sim.to_world(pot, (sx * POT_HANDLE_X, 0.0, pot_handle_z(sim.task.kind(pot))))
         # fingers from just above the rim down over the tab's top 2.5 cm
@@ -128,7 +128,7 @@ def pick_dual_bottles(sim: BimanualSim) -> np.ndarray:
     acts = {}
     for arm, key in ((LEFT, sim.task.goal.obj), (RIGHT, sim.task.goal.target)):
         if arm in sim.holders(key):
-            acts[arm] = _move(sim.tcp(arm), sim.tcp(arm) + [0, 0, 0.1 - sim.bottom(key)], CLOSE)
+            acts[arm] = move_action(sim.tcp(arm), sim.tcp(arm) + [0, 0, 0.1 - sim.bottom(key)], CLOSE)
         else:
             acts[arm] = fetch(sim, arm, body_grasp(sim, key))
     return both(sim, acts)
@@ -145,12 +145,12 @@ def beat_block_hammer(sim: BimanualSim) -> np.ndarray:
     head_bottom = head[2] - HAMMER_HEAD[1][2]
     dest = sim.pos(block)[:2] - (head - tcp)[:2]
     clear = sim.top(block) + 0.03
-    dxy = _xy_dist(tcp, dest)
+    dxy = xy_dist(tcp, dest)
     if dxy > 0.004:
         if dxy > 0.02 and head_bottom < clear - 0.01:
-            return both(sim, {arm: _move(tcp, tcp + [0, 0, clear - head_bottom], CLOSE)})
-        return both(sim, {arm: _move(tcp, [dest[0], dest[1], tcp[2] + max(0.0, clear - head_bottom)], CLOSE)})
-    return both(sim, {arm: _move(tcp, [dest[0], dest[1], tcp[2] - (head_bottom - sim.top(block))], CLOSE)})
+            return both(sim, {arm: move_action(tcp, tcp + [0, 0, clear - head_bottom], CLOSE)})
+        return both(sim, {arm: move_action(tcp, [dest[0], dest[1], tcp[2] + max(0.0, clear - head_bottom)], CLOSE)})
+    return both(sim, {arm: move_action(tcp, [dest[0], dest[1], tcp[2] - (head_bottom - sim.top(block))], CLOSE)})
 
 
 def place_on_target(sim: BimanualSim) -> np.ndarray:
@@ -189,18 +189,18 @@ def _handover(sim: BimanualSim, key: str) -> dict[int, np.ndarray] | None:
     hover = np.array([*HANDOVER_XY, HANDOVER_BOTTOM + 2 * sim.task.kind(key).collision_half[2] + 0.02])
     p = sim.pos(key)
     if holders == {RIGHT}:
-        giver = _move(sim.tcp(RIGHT), meet, CLOSE)
-        if _xy_dist(sim.tcp(RIGHT), meet) > 0.004 or abs(sim.tcp(RIGHT)[2] - meet[2]) > 0.004:
-            return {RIGHT: giver, LEFT: _move(sim.tcp(LEFT), hover, OPEN)}
+        giver = move_action(sim.tcp(RIGHT), meet, CLOSE)
+        if xy_dist(sim.tcp(RIGHT), meet) > 0.004 or abs(sim.tcp(RIGHT)[2] - meet[2]) > 0.004:
+            return {RIGHT: giver, LEFT: move_action(sim.tcp(LEFT), hover, OPEN)}
         return {RIGHT: giver, LEFT: fetch(sim, LEFT, [p[0], p[1], bottom + HIGH_GRIP])}
-    return {RIGHT: fetch(sim, RIGHT, [p[0], p[1], bottom + LOW_GRIP]), LEFT: _move(sim.tcp(LEFT), hover, OPEN)}
+    return {RIGHT: fetch(sim, RIGHT, [p[0], p[1], bottom + LOW_GRIP]), LEFT: move_action(sim.tcp(LEFT), hover, OPEN)}
 
 
 def handover_mic(sim: BimanualSim) -> np.ndarray:
     key = sim.task.goal.obj
     acts = _handover(sim, key)
     if acts is None:
-        acts = {LEFT: _move(sim.tcp(LEFT), sim.tcp(LEFT) + [0, 0, MAX_DELTA], CLOSE)}
+        acts = {LEFT: move_action(sim.tcp(LEFT), sim.tcp(LEFT) + [0, 0, MAX_DELTA], CLOSE)}
     return both(sim, acts)
 
 
@@ -213,7 +213,7 @@ def handover_block(sim: BimanualSim) -> np.ndarray:
         return both(sim, acts)
     # The block rises out of the open right fingers (their tops are at ~0.11 m, below
     # CARRY_BOTTOM), then moves away; only then the right arm leaves.
-    right = home(sim, RIGHT) if _xy_dist(sim.pos(key), sim.tcp(RIGHT)) > 0.08 else hold(sim, RIGHT, OPEN)
+    right = home(sim, RIGHT) if xy_dist(sim.pos(key), sim.tcp(RIGHT)) > 0.08 else hold(sim, RIGHT, OPEN)
     left = carry(sim, LEFT, key, sim.pos(pad)[:2], sim.top(pad) + 0.008)
     return both(sim, {LEFT: left, RIGHT: right})
 
@@ -225,10 +225,10 @@ def stack_bowls_two(sim: BimanualSim) -> np.ndarray:
     a_placed = not sim.holders(a) and abs(pa[0] - STACK_X) < 0.02
     acts = {LEFT: home(sim, LEFT) if a_placed else pick_place(sim, LEFT, a, (STACK_X, pa[1]), 0.004)}
     if RIGHT in sim.holders(b):
-        if a_placed and _xy_dist(sim.tcp(LEFT), pa) > 0.1:
+        if a_placed and xy_dist(sim.tcp(LEFT), pa) > 0.1:
             acts[RIGHT] = carry(sim, RIGHT, b, pa[:2], sim.top(a) + 0.008)
         else:  # wait, bowl lifted, for the left arm to clear the middle
-            acts[RIGHT] = _move(sim.tcp(RIGHT), sim.tcp(RIGHT) + [0, 0, CARRY_BOTTOM - sim.bottom(b)], CLOSE)
+            acts[RIGHT] = move_action(sim.tcp(RIGHT), sim.tcp(RIGHT) + [0, 0, CARRY_BOTTOM - sim.bottom(b)], CLOSE)
     else:
         acts[RIGHT] = fetch(sim, RIGHT, body_grasp(sim, b))
     return both(sim, acts)

@@ -39,7 +39,7 @@ CARRY_BOTTOM = 0.135
 OPEN, CLOSE = -1.0, 1.0
 
 
-def _move(tcp: np.ndarray, target: np.ndarray, gripper: float, speed: float = 1.0) -> np.ndarray:
+def move_action(tcp: np.ndarray, target: np.ndarray, gripper: float, speed: float = 1.0) -> np.ndarray:
     """Action moving the tool centre towards ``target`` (dead-beat, capped per axis)."""
     a = np.zeros(7)
     a[:3] = np.clip((np.asarray(target) - tcp) / MAX_DELTA, -speed, speed)
@@ -47,7 +47,7 @@ def _move(tcp: np.ndarray, target: np.ndarray, gripper: float, speed: float = 1.
     return a
 
 
-def _xy_dist(a: np.ndarray, b: np.ndarray) -> float:
+def xy_dist(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.hypot(a[0] - b[0], a[1] - b[1]))
 
 
@@ -80,11 +80,11 @@ class TabletopExpert:
         if goal.verb == "push_front":
             return self._push(sim)
         if sim.attached is not None and sim.attached != goal.obj:
-            return _move(sim.tcp, sim.tcp + [0, 0, MAX_DELTA], OPEN)  # drop it, back off
+            return move_action(sim.tcp, sim.tcp + [0, 0, MAX_DELTA], OPEN)  # drop it, back off
         if sim.attached == goal.obj:
             return self._carry(sim)
         if goal.verb != "lift" and self._in_goal_region(sim):
-            return _move(sim.tcp, sim.tcp + [0, 0, MAX_DELTA], OPEN)  # released: let it settle
+            return move_action(sim.tcp, sim.tcp + [0, 0, MAX_DELTA], OPEN)  # released: let it settle
         return self._fetch(sim)
 
     # -- pick and place ----------------------------------------------------
@@ -92,34 +92,34 @@ class TabletopExpert:
         key, tcp = self.task.goal.obj, sim.tcp
         p = sim.pos(key)
         grasp = np.array([p[0], p[1], grasp_height(sim, key)])
-        dxy = _xy_dist(tcp, grasp)
+        dxy = xy_dist(tcp, grasp)
         fingers_open = sim.finger_q.max() < 0.004
         if dxy < 0.006 and tcp[2] - grasp[2] < 0.004:
-            return _move(tcp, grasp, CLOSE)
+            return move_action(tcp, grasp, CLOSE)
         if dxy < 0.006:
             # descend only with the fingers open, else they land on the object
             target = grasp if fingers_open else tcp
-            return _move(tcp, target, OPEN)
+            return move_action(tcp, target, OPEN)
         if dxy > 0.02 and tcp[2] < TRANSIT_Z - 0.01:
-            return _move(tcp, [tcp[0], tcp[1], TRANSIT_Z], OPEN)  # rise before moving across
-        return _move(tcp, [grasp[0], grasp[1], max(tcp[2], TRANSIT_Z) if dxy > 0.02 else tcp[2]], OPEN)
+            return move_action(tcp, [tcp[0], tcp[1], TRANSIT_Z], OPEN)  # rise before moving across
+        return move_action(tcp, [grasp[0], grasp[1], max(tcp[2], TRANSIT_Z) if dxy > 0.02 else tcp[2]], OPEN)
 
     def _carry(self, sim: TabletopSim) -> np.ndarray:
         goal, tcp = self.task.goal, sim.tcp
         bottom = sim.bottom(goal.obj)
         if goal.verb == "lift":
-            return _move(tcp, tcp + [0, 0, LIFT_HEIGHT + 0.04 - bottom], CLOSE)
+            return move_action(tcp, tcp + [0, 0, LIFT_HEIGHT + 0.04 - bottom], CLOSE)
         offset = sim.pos(goal.obj) - tcp
         dest = sim.pos(goal.target)[:2] - offset[:2]
-        dxy = _xy_dist(tcp, dest)
+        dxy = xy_dist(tcp, dest)
         if dxy > 0.004:
             if dxy > 0.02 and bottom < CARRY_BOTTOM - 0.01:
-                return _move(tcp, tcp + [0, 0, CARRY_BOTTOM - bottom], CLOSE)
-            return _move(tcp, [dest[0], dest[1], tcp[2] + max(0.0, CARRY_BOTTOM - bottom)], CLOSE)
+                return move_action(tcp, tcp + [0, 0, CARRY_BOTTOM - bottom], CLOSE)
+            return move_action(tcp, [dest[0], dest[1], tcp[2] + max(0.0, CARRY_BOTTOM - bottom)], CLOSE)
         release = self._release_bottom(sim)
         if bottom > release + 0.002:
-            return _move(tcp, [dest[0], dest[1], tcp[2] - (bottom - release)], CLOSE)
-        return _move(tcp, tcp, OPEN)
+            return move_action(tcp, [dest[0], dest[1], tcp[2] - (bottom - release)], CLOSE)
+        return move_action(tcp, tcp, OPEN)
 
     def _release_bottom(self, sim: TabletopSim) -> float:
         goal = self.task.goal
@@ -148,10 +148,10 @@ class TabletopExpert:
         # ahead is simply followed.)
         if tcp[2] < push_z + 0.01 and tcp[1] - p[1] > 0.01 and abs(tcp[0] - p[0]) < 0.025:
             goal_y = FRONT_Y - 0.03 + back
-            return _move(tcp, [p[0], goal_y, push_z], gripper, speed=0.7)
+            return move_action(tcp, [p[0], goal_y, push_z], gripper, speed=0.7)
         start = np.array([p[0], p[1] + back + 0.012, push_z])
-        if _xy_dist(tcp, start) > 0.006:
-            if tcp[2] < TRANSIT_Z - 0.01 and _xy_dist(tcp, start) > 0.02:
-                return _move(tcp, [tcp[0], tcp[1], TRANSIT_Z], gripper)
-            return _move(tcp, [start[0], start[1], max(tcp[2], TRANSIT_Z)], gripper)
-        return _move(tcp, start, gripper)
+        if xy_dist(tcp, start) > 0.006:
+            if tcp[2] < TRANSIT_Z - 0.01 and xy_dist(tcp, start) > 0.02:
+                return move_action(tcp, [tcp[0], tcp[1], TRANSIT_Z], gripper)
+            return move_action(tcp, [start[0], start[1], max(tcp[2], TRANSIT_Z)], gripper)
+        return move_action(tcp, start, gripper)

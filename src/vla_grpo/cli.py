@@ -2,7 +2,7 @@
 
 Every part is swappable by ``class_path`` (model, policy, suite, loss,
 callbacks); ``python -m vla_grpo fit --help`` lists every knob and
-``--model.help vla_grpo.GRPOModule`` a class's own.
+``python -m vla_grpo fit --model.help vla_grpo.module.GRPOModule`` a class's own.
 """
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ class VLACLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the SFT data module's suite, chunk size and eval episodes are the model's: configured once
+        for target in ("suite", "chunk_size", "eval_splits", "eval_states_per_task", "eval_batch_size"):
+            parser.link_arguments("model", f"data.init_args.{target}", compute_fn=_model_link(target),
+                                  apply_on="instantiate")
+
     def instantiate_classes(self) -> None:
         # A bad value (group_size < 2, a missing checkpoint, ...) surfaces as one
         # argparse-style line naming the field, not a traceback.
@@ -57,6 +63,17 @@ class VLACLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, FileNotFoundError) as err:
             self.parser.error(_root_message(err))
+
+
+def _model_link(name: str):
+    """``model -> model_links(model)[name]``, the value linked into ``data.init_args.<name>``."""
+
+    def compute(model):
+        from vla_grpo.data.module import model_links
+
+        return model_links(model)[name]
+
+    return compute
 
 
 def _root_message(err: BaseException) -> str:
@@ -76,7 +93,8 @@ def main(args: list[str] | None = None) -> None:
     from vla_grpo.envs.demos import DemoFileError
 
     try:
-        VLACLI(args=argv)
+        # args=None: LightningCLI reads sys.argv itself (passing both makes it warn)
+        VLACLI(args=None if args is None else argv)
     except DemoFileError as err:  # found while setting up the run, after parsing: still one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,13 +7,15 @@ the logged means are all-reduced.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from vla_grpo.envs.base import Suite
 from vla_grpo.keys import SUCCESS_KEY
-from vla_grpo.rollout import GroupedRollout, Prompt, split_prompts
+from vla_grpo.prompts import Prompt, split_prompts
+from vla_grpo.rollout import GroupedRollout
 
 
 class EvalItem(NamedTuple):
@@ -38,6 +40,26 @@ class EvalPrompts(Dataset):
 
     def __getitem__(self, i: int) -> EvalItem:
         return self.items[i]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Which greedy episodes an evaluation runs, and how many go to the simulators at once.
+
+    Attributes:
+        splits: the splits to evaluate (None: all of the suite's).
+        states_per_task: initial states ``0..states_per_task-1`` of every task.
+        batch_size: episodes per rollout (the eval simulators' ``num_envs``).
+    """
+
+    splits: list[str] | None
+    states_per_task: int
+    batch_size: int
+
+    def dataloader(self, suite: Suite) -> DataLoader:
+        """The eval items in batches of ``batch_size`` (a map-style set: DDP shards it by rank)."""
+        dataset = EvalPrompts(suite, self.splits or suite.splits, self.states_per_task)
+        return DataLoader(dataset, batch_size=self.batch_size, collate_fn=list)
 
 
 def evaluate_items(rollout: GroupedRollout, policy, items: list[EvalItem]) -> list[bool]:
@@ -90,6 +112,6 @@ def per_task_success(suite: Suite, items: list[EvalItem], success: list[bool]) -
 
 
 __all__ = [
-    "EvalItem", "EvalPrompts", "evaluate_items", "evaluate_prompts", "greedy_success",
+    "EvalItem", "EvalPrompts", "EvalSpec", "evaluate_items", "evaluate_prompts", "greedy_success",
     "per_task_success", "split_counts",
 ]

@@ -15,38 +15,29 @@ Commands::
 """
 from __future__ import annotations
 
-import collections
 import copy
 import math
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
-from vla_grpo.evaluation import EvalPrompts, greedy_success, split_counts
-from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY, RETURN_KEY
-from vla_grpo.losses import GRPOLoss, PolicyLoss
-from vla_grpo.rollout import (
+from vla_grpo.evaluation import EvalSpec, greedy_success, split_counts
+from vla_grpo.groups import (
     DynamicSamplingBuffer,
-    GroupedRollout,
-    PromptSampler,
-    SuccessAwarePromptSampler,
-    ThompsonPromptSampler,
-    attach_instructions,
-    select_train_tasks,
+    IdAllocator,
+    repeat_per_member,
     split_trajectories,
+    trajectory_returns,
 )
+from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
+from vla_grpo.losses import GRPOLoss, PolicyLoss
+from vla_grpo.policies.base import check_policy_fits_suite
+from vla_grpo.prompts import PROMPT_SAMPLERS, make_prompt_sampler, select_train_tasks
+from vla_grpo.rollout import GroupedRollout
 from vla_grpo.stages import SFTStage
-
-#: ``--model.prompt_sampling`` values
-PROMPT_SAMPLERS = {
-    "success_aware": SuccessAwarePromptSampler,
-    "thompson": ThompsonPromptSampler,
-    "uniform": PromptSampler,
-}
 
 
 class _StepTicker(IterableDataset):
@@ -57,6 +48,12 @@ class _StepTicker(IterableDataset):
         while True:
             yield step
             step += 1
+
+
+def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """The total 2-norm of ``module``'s gradients (what norm clipping compares with its bound)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def _positive(name: str, value: float, minimum: float = 1) -> None:
@@ -165,7 +162,7 @@ class GRPOModule(L.LightningModule):
             from vla_grpo.checkpoint import load_policy_weights
 
             load_policy_weights(self.policy, init_from)
-        self._check_policy_fits_suite()
+        check_policy_fits_suite(self.policy, self.suite)
 
     def _check_args(self, suite: Suite, sft: SFTStage | None) -> None:
         """One-line errors naming the ``--model.*`` field for bad values."""
@@ -178,7 +175,7 @@ class GRPOModule(L.LightningModule):
         _check_prompt_pool(suite, _first_train_state(hp.train_first_state, hp.eval_states_per_task), hp.train_tasks)
         if hp.rollout_temperature <= 0:
             raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {hp.rollout_temperature})")
-        if hp.prompt_sampling not in PROMPT_SAMPLERS:
+        if hp.prompt_sampling not in PROMPT_SAMPLERS:  # here too, so a bad value fails before setup
             raise ValueError(f"`--model.prompt_sampling` must be one of {', '.join(map(repr, PROMPT_SAMPLERS))} "
                              f"(got {hp.prompt_sampling!r})")
         _positive("num_workers", hp.num_workers)
@@ -187,39 +184,24 @@ class GRPOModule(L.LightningModule):
         if hp.init_from and sft is not None:
             raise ValueError("`--model.init_from` and `--model.sft` both name a starting point; give one")
 
-    def _check_policy_fits_suite(self) -> None:
-        for name in ("action_dim", "state_dim", "image_size"):
-            want, got = getattr(self.suite, name), getattr(self.policy, name, None)
-            if got is not None and got != want:
-                raise ValueError(
-                    f"`--model.policy.init_args.{name}` is {got} but the suite "
-                    f"{self.suite.name!r} has {name}={want}"
-                )
-
     # -- Lightning plumbing ----------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.sft is not None and stage == "fit":
             from vla_grpo.checkpoint import load_policy_weights
 
             load_policy_weights(self.policy, self.sft.run(rank=self.global_rank))
-        seed = self.hparams.seed * 1_000 + self.global_rank
-        first = _first_train_state(self.hparams.train_first_state, self.hparams.eval_states_per_task)
-        shard = dict(first_state=first, tasks=self.hparams.train_tasks, rank=self.global_rank,
-                     world_size=self.trainer.world_size, seed=self.hparams.seed)
-        sampler_cls = PROMPT_SAMPLERS[self.hparams.prompt_sampling]
-        if sampler_cls is PromptSampler:
-            self.sampler = PromptSampler(self.suite, **shard)
-        else:
-            self.sampler = sampler_cls(self.suite, group_size=self.hparams.group_size, **shard)
-        self.prompt_history: collections.deque = collections.deque(maxlen=10_000)
-        self.rollout = GroupedRollout(self.suite, num_envs=self.prompts_per_round * self.hparams.group_size,
-                                      chunk_size=self.policy.chunk_size, num_workers=self.hparams.num_workers,
-                                      seed=seed, worker_timeout_s=self.hparams.worker_timeout_s,
-                                      pipeline=self.hparams.pipeline_rollouts)
-        self.buffer = DynamicSamplingBuffer(self.hparams.group_size,
-                                            dynamic_sampling=self.hparams.dynamic_sampling)
-        self._group_counter = 0
-        self._traj_counter = 0
+        hp, rank, world = self.hparams, self.global_rank, self.trainer.world_size
+        self.sampler = make_prompt_sampler(
+            hp.prompt_sampling, self.suite, group_size=hp.group_size,
+            first_state=_first_train_state(hp.train_first_state, hp.eval_states_per_task),
+            tasks=hp.train_tasks, rank=rank, world_size=world, seed=hp.seed)
+        self.rollout = GroupedRollout(self.suite, num_envs=self.prompts_per_round * hp.group_size,
+                                      chunk_size=self.policy.chunk_size, num_workers=hp.num_workers,
+                                      seed=hp.seed * 1_000 + rank, worker_timeout_s=hp.worker_timeout_s,
+                                      pipeline=hp.pipeline_rollouts)
+        self.buffer = DynamicSamplingBuffer(hp.group_size, dynamic_sampling=hp.dynamic_sampling,
+                                            instructions=[t.instruction for t in self.suite.all_tasks()])
+        self.group_ids, self.traj_ids = IdAllocator(rank, world), IdAllocator(rank, world)
         if self.loss.needs_reference and self.reference is None:
             self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
 
@@ -234,10 +216,14 @@ class GRPOModule(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_StepTicker(), batch_size=None)
 
+    @property
+    def eval_spec(self) -> EvalSpec:
+        """The greedy eval episodes: every split's tasks x states ``0..eval_states_per_task-1``."""
+        return EvalSpec(self.hparams.eval_splits, self.hparams.eval_states_per_task,
+                        self.prompts_per_round * self.hparams.group_size)
+
     def val_dataloader(self) -> DataLoader:
-        splits = self.hparams.eval_splits or self.suite.splits
-        dataset = EvalPrompts(self.suite, splits, self.hparams.eval_states_per_task)
-        return DataLoader(dataset, batch_size=self.rollout.num_envs, collate_fn=list)
+        return self.eval_spec.dataloader(self.suite)
 
     test_dataloader = val_dataloader
 
@@ -249,21 +235,18 @@ class GRPOModule(L.LightningModule):
         self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
         self.log("success", rollout_metrics["rollout/success_rate"], prog_bar=True, batch_size=1)
 
-    def _all_reduce(self, value: float, op=None) -> float:
-        if not (dist.is_available() and dist.is_initialized()):
-            return value
-        t = torch.tensor(float(value), dtype=torch.float64)
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-        return float(t)
+    def _reduce(self, value: float, op: str = "sum") -> float:
+        """``value`` reduced over the ranks by the strategy (``sum`` or ``min``); itself on one process."""
+        return float(self.trainer.strategy.reduce(torch.tensor(float(value), dtype=torch.float64), reduce_op=op))
 
     def collect(self) -> tuple[TensorDict | None, dict[str, float]]:
         """Roll out rounds until every rank holds ``groups_per_step`` mixed groups."""
         G, need = self.hparams.group_size, self.hparams.groups_per_step
         successes, episodes, rounds, env_rate = 0.0, 0, 0, []
         while rounds < self.hparams.max_rollout_rounds:
-            if self._all_reduce(self.buffer.num_groups, dist.ReduceOp.MIN if dist.is_initialized() else None) >= need:
+            if self._reduce(self.buffer.num_groups, "min") >= need:
                 break
-            returns, rate = self._rollout_round(G)
+            returns, rate = self._rollout_round()
             successes += float(returns.sum())
             episodes += returns.numel()
             env_rate.append(rate)
@@ -282,27 +265,23 @@ class GRPOModule(L.LightningModule):
         }
         return data, metrics
 
-    def _rollout_round(self, G: int) -> tuple[torch.Tensor, float]:
-        prompts = self.sampler.draw(self.prompts_per_round)
-        world, rank = self.trainer.world_size, self.global_rank
-        group_ids = [(self._group_counter + i) * world + rank for i in range(len(prompts))]
-        self._group_counter += len(prompts)
-        data = self.rollout.run(self.policy, [p for p in prompts for _ in range(G)],
-                                [g for g in group_ids for _ in range(G)])
-        trajs = split_trajectories(data, first_traj_id=self._traj_counter * world + rank,
-                                   tokens_per_decision=self.policy.tokens_per_decision, id_stride=world)
-        self._traj_counter += len(trajs)
-        self.buffer.extend(trajs)
-        returns = torch.tensor([float(t.get(RETURN_KEY)[0]) for t in trajs])
-        for prompt, group_returns in zip(prompts, returns.view(len(prompts), G), strict=True):
-            self.sampler.update(prompt, int(group_returns.sum()), G)
-        self.prompt_history.extend(prompts)
+    def _rollout_round(self) -> tuple[torch.Tensor, float]:
+        """One round of the paper's loop; returns the ``[prompts, G]`` returns and the env-steps/s."""
+        G = self.hparams.group_size
+        prompts = self.sampler.draw(self.prompts_per_round)                                  # draw
+        members, groups = repeat_per_member(prompts, self.group_ids.take(len(prompts)), G)
+        data = self.rollout.run(self.policy, members, groups)                                # roll out
+        trajs = split_trajectories(data, self.traj_ids.take(len(members)),                   # split, reward
+                                   tokens_per_decision=self.policy.tokens_per_decision)
+        self.buffer.extend(trajs)                                  # keep mixed groups, with advantages
+        returns = trajectory_returns(trajs).view(len(prompts), G)
+        self.sampler.update_groups(prompts, returns)                                         # update sampler
         return returns, self.rollout.last_env_steps_per_s
 
     def update(self, data: TensorDict | None) -> dict[str, float]:
         """``ppo_epochs`` x ``num_minibatches`` optimizer steps (the same count on every rank)."""
         opt = self.optimizers()
-        if self._all_reduce(0 if data is None else data.shape[0]) == 0:
+        if self._reduce(0 if data is None else data.shape[0]) == 0:
             # no mixed group on any rank: the step still counts (so max_steps and
             # val_check_interval hold when nothing is learnable yet) but moves no
             # weight -- the optimizer skips parameters whose grad is None
@@ -312,8 +291,7 @@ class GRPOModule(L.LightningModule):
         n = 0 if data is None else data.shape[0]
         if data is not None and self.reference is not None:
             with torch.no_grad():
-                scored = attach_instructions(self.suite, data.clone()).to(self.device)
-                data.set(REF_LOG_PROBS_KEY, self.reference.score(scored)[0].cpu())
+                data.set(REF_LOG_PROBS_KEY, self.reference.score(data.to(self.device))[0].cpu())
         sums: dict[str, float] = {}
         steps = self.hparams.ppo_epochs * self.hparams.num_minibatches
         for epoch in range(self.hparams.ppo_epochs):
@@ -331,7 +309,7 @@ class GRPOModule(L.LightningModule):
             loss = sum(p.sum() * 0.0 for p in self.policy.parameters())
             out = {}
         else:
-            batch = attach_instructions(self.suite, batch).to(self.device)
+            batch = batch.to(self.device)
             log_probs, entropy = self.policy.score(batch)
             batch.set(LOG_PROBS_KEY, log_probs)
             batch.set(ENTROPY_KEY, entropy)
@@ -341,7 +319,9 @@ class GRPOModule(L.LightningModule):
             out["loss"] = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
+        norm = _grad_norm(self.policy)
+        # through Lightning, so precision plugins unscale first and strategies clip their way
+        self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
         if last:
             opt.step()
         else:

@@ -1,6 +1,9 @@
-"""Simulator worker processes that the trainer waits on without burning a core.
+"""Simulator pools: the sub-envs of a rollout, stepped in worker processes or in this one.
 
-Each worker hosts one batched suite env (a TorchRL ``EnvBase``) over a share
+One interface, two backends (:func:`make_pool` picks by ``num_workers``):
+:class:`SimulatorPool` (worker processes) and :class:`InProcessPool` (one env
+in the trainer's process). Both serve the env through :class:`EnvServer`, so
+they return the same record. Each worker hosts one batched suite env (a TorchRL ``EnvBase``) over a share
 of the round's sub-envs and answers ``reset``/``step`` over a pipe; the parent
 blocks on the pipes (``multiprocessing.connection.wait``) while the workers
 simulate and render.
@@ -53,19 +56,43 @@ def _from_arrays(items: list[tuple[_NestedKey, np.ndarray]], batch: int) -> Tens
     return td
 
 
+class EnvServer:
+    """One batched suite env answering ``reset``/``step`` with plain arrays.
+
+    The worker processes serve through it, and so does :class:`InProcessPool`,
+    so both backends step an env the same way and return the same record.
+    """
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.num_envs = env.batch_size[0]
+        self._td: TensorDictBase | None = None
+
+    def reset(self, payload: list[tuple[_NestedKey, np.ndarray]]) -> list[tuple[_NestedKey, np.ndarray]]:
+        self._td = self.env.reset(_from_arrays(payload, self.num_envs))
+        return _to_arrays(self._td)
+
+    def step(self, action: np.ndarray) -> list[tuple[_NestedKey, np.ndarray]]:
+        self._td.set("action", torch.from_numpy(action))
+        out = self.env.step(self._td)
+        self._td = self.env.step_mdp(out)
+        return _to_arrays(out.get("next"))
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def _worker(conn: Connection, make_env, seed: int) -> None:
     """A simulator process: builds its env, then serves ``reset``/``step``/``close`` until told to stop."""
     # one core per simulator: no intra-op thread pool, and Mesa's llvmpipe (EGL on CPU) renders on 1 thread
     os.environ.setdefault("LP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     try:
-        env = make_env(seed=seed)
+        server = EnvServer(make_env(seed=seed))
         conn.send(("ready", None))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", traceback.format_exc()))
         return
-    n = env.batch_size[0]
-    td = None
     while True:
         try:
             cmd, payload = conn.recv()
@@ -74,23 +101,112 @@ def _worker(conn: Connection, make_env, seed: int) -> None:
         if cmd == "close":
             break
         try:
-            if cmd == "reset":
-                td = env.reset(_from_arrays(payload, n))
-                conn.send(("ok", _to_arrays(td)))
-            elif cmd == "step":
-                td.set("action", torch.from_numpy(payload))
-                out = env.step(td)
-                conn.send(("ok", _to_arrays(out.get("next"))))
-                td = env.step_mdp(out)
-            else:
+            if cmd not in ("reset", "step"):
                 raise ValueError(f"unknown command {cmd!r}")
+            conn.send(("ok", getattr(server, cmd)(payload)))
         except BaseException:  # noqa: BLE001
             conn.send(("error", traceback.format_exc()))
     with contextlib.suppress(Exception):
-        env.close()
+        server.close()
 
 
-class SimulatorPool:
+class _Pool:
+    """What both backends share: sub-envs interleaved over workers, reset/step in sub-env order.
+
+    Subclasses send a command to one worker (:meth:`_send`) and receive the
+    answers of the started ones into ``self._last`` (:meth:`collect`).
+    """
+
+    def __init__(self, num_envs: int, num_workers: int) -> None:
+        if num_envs % num_workers:
+            raise ValueError(f"`num_envs` ({num_envs}) must be a multiple of `num_workers` ({num_workers})")
+        self.num_envs, self.num_workers = num_envs, num_workers
+        #: sub-env indices of each worker (interleaved) and where each sub-env's row sits in the concatenation
+        self.rows = [torch.arange(w, num_envs, num_workers) for w in range(num_workers)]
+        self._order = torch.argsort(torch.cat(self.rows))
+        self._last: list[TensorDict | None] = [None] * num_workers
+        self.is_closed = False
+
+    pids: list[int] = []
+
+    def _send(self, w: int, cmd: str, payload) -> None:
+        raise NotImplementedError
+
+    def collect(self, workers: list[int]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _result(self) -> TensorDict:
+        return torch.cat(self._last, 0)[self._order]
+
+    def reset(self, td: TensorDictBase) -> TensorDict:
+        """Reset every sub-env to the prompts in ``td`` (``[num_envs]``); returns the first observations."""
+        for w, rows in enumerate(self.rows):
+            self._send(w, "reset", _to_arrays(td[rows]))
+        self.collect(list(range(self.num_workers)))
+        return self._result()
+
+    def step(self, action: torch.Tensor, active: torch.Tensor) -> TensorDict:
+        """Execute one action chunk per sub-env; returns the ``"next"`` entries, ``[num_envs]``.
+
+        Workers none of whose sub-envs is ``active`` are not stepped: their rows
+        repeat the last transition (a finished episode is frozen anyway).
+        """
+        workers = list(range(self.num_workers))
+        rows = self.rows_of(workers)
+        self.collect(self.send_step(workers, action[rows], active[rows]))
+        return self._result()
+
+    # -- one group of workers at a time (the pipelined loop steps two halves in turn) --
+    def rows_of(self, workers: list[int]) -> torch.Tensor:
+        """Sub-env indices of ``workers``, in the order :meth:`send_step`/:meth:`collect` use."""
+        return torch.cat([self.rows[w] for w in workers])
+
+    def send_step(self, workers: list[int], action: torch.Tensor, active: torch.Tensor) -> list[int]:
+        """Start one action chunk on ``workers`` (rows in :meth:`rows_of` order) without waiting;
+        returns the workers that were started (those with an active sub-env)."""
+        stepped, start = [], 0
+        for w in workers:
+            rows = slice(start, start + len(self.rows[w]))
+            start = rows.stop
+            if bool(active[rows].any()):
+                self._send(w, "step", action[rows].contiguous().numpy())
+                stepped.append(w)
+        return stepped
+
+    def last(self, workers: list[int]) -> TensorDict:
+        """The latest transition of ``workers``' sub-envs, rows in :meth:`rows_of` order."""
+        return torch.cat([self._last[w] for w in workers], 0)
+
+
+class InProcessPool(_Pool):
+    """The pool interface on one env in this process: a command runs when it is sent.
+
+    For a single simulator (tests, debugging, a suite that can't be pickled),
+    with exactly the record the worker processes give.
+    """
+
+    def __init__(self, suite, *, num_envs: int, chunk_size: int, seed: int = 0) -> None:
+        super().__init__(num_envs, 1)
+        self._server = EnvServer(suite.make_env(num_envs, chunk_size=chunk_size, seed=seed))
+        self._answers: dict[int, list] = {}
+
+    def _send(self, w: int, cmd: str, payload) -> None:
+        self._answers[w] = getattr(self._server, cmd)(payload)
+
+    def collect(self, workers: list[int]) -> None:
+        for w in workers:
+            self._last[w] = _from_arrays(self._answers.pop(w), len(self.rows[w]))
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self._server.close()
+
+
+class SimulatorPool(_Pool):
     """``num_workers`` simulator processes over ``num_envs`` sub-envs of a suite.
 
     :meth:`reset` and :meth:`step` take and return ``[num_envs]`` TensorDicts
@@ -110,13 +226,8 @@ class SimulatorPool:
 
     def __init__(self, suite, *, num_envs: int, chunk_size: int, num_workers: int, seed: int = 0,
                  timeout_s: float = 120.0, start_timeout_s: float = 600.0) -> None:
-        if num_envs % num_workers:
-            raise ValueError(f"`num_envs` ({num_envs}) must be a multiple of `num_workers` ({num_workers})")
-        self.num_envs, self.num_workers = num_envs, num_workers
+        super().__init__(num_envs, num_workers)
         self.timeout_s = timeout_s
-        #: sub-env indices of each worker (interleaved) and where each sub-env's row sits in the concatenation
-        self.rows = [torch.arange(w, num_envs, num_workers) for w in range(num_workers)]
-        self._order = torch.argsort(torch.cat(self.rows))
         ctx = mp.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs: list[mp.Process] = []
@@ -129,8 +240,6 @@ class SimulatorPool:
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
-        self._last: list[TensorDict | None] = [None] * num_workers
-        self.is_closed = False
         try:
             for w in range(num_workers):
                 self._recv(w, start_timeout_s)
@@ -165,47 +274,8 @@ class SimulatorPool:
                 w = pending.pop(conn)
                 self._last[w] = _from_arrays(self._recv(w, 0), len(self.rows[w]))
 
-    def _result(self) -> TensorDict:
-        return torch.cat(self._last, 0)[self._order]
-
-    def reset(self, td: TensorDictBase) -> TensorDict:
-        """Reset every sub-env to the prompts in ``td`` (``[num_envs]``); returns the first observations."""
-        for w, rows in enumerate(self.rows):
-            self._conns[w].send(("reset", _to_arrays(td[rows])))
-        self.collect(list(range(self.num_workers)))
-        return self._result()
-
-    def step(self, action: torch.Tensor, active: torch.Tensor) -> TensorDict:
-        """Execute one action chunk per sub-env; returns the ``"next"`` entries, ``[num_envs]``.
-
-        Workers none of whose sub-envs is ``active`` are not stepped: their rows
-        repeat the last transition (a finished episode is frozen anyway).
-        """
-        workers = list(range(self.num_workers))
-        rows = self.rows_of(workers)
-        self.collect(self.send_step(workers, action[rows], active[rows]))
-        return self._result()
-
-    # -- one group of workers at a time (the pipelined loop steps two halves in turn) --
-    def rows_of(self, workers: list[int]) -> torch.Tensor:
-        """Sub-env indices of ``workers``, in the order :meth:`send_step`/:meth:`collect` use."""
-        return torch.cat([self.rows[w] for w in workers])
-
-    def send_step(self, workers: list[int], action: torch.Tensor, active: torch.Tensor) -> list[int]:
-        """Start one action chunk on ``workers`` (rows in :meth:`rows_of` order) without waiting;
-        returns the workers that were started (those with an active sub-env)."""
-        stepped, start = [], 0
-        for w in workers:
-            rows = slice(start, start + len(self.rows[w]))
-            start = rows.stop
-            if bool(active[rows].any()):
-                self._conns[w].send(("step", action[rows].contiguous().numpy()))
-                stepped.append(w)
-        return stepped
-
-    def last(self, workers: list[int]) -> TensorDict:
-        """The latest transition of ``workers``' sub-envs, rows in :meth:`rows_of` order."""
-        return torch.cat([self._last[w] for w in workers], 0)
+    def _send(self, w: int, cmd: str, payload) -> None:
+        self._conns[w].send((cmd, payload))
 
     def close(self) -> None:
         """Stop the workers (killing any that do not exit, e.g. a hung or stopped one)."""
@@ -232,3 +302,15 @@ class _EnvFactory:
 
     def __call__(self, seed: int):
         return self.suite.make_env(self.num_envs, chunk_size=self.chunk_size, seed=seed)
+
+
+def make_pool(suite, *, num_envs: int, chunk_size: int, num_workers: int = 1, seed: int = 0,
+              timeout_s: float = 120.0) -> _Pool:
+    """A pool of ``num_envs`` sub-envs: in this process for one worker, else worker processes."""
+    if num_workers == 1:
+        return InProcessPool(suite, num_envs=num_envs, chunk_size=chunk_size, seed=seed)
+    return SimulatorPool(suite, num_envs=num_envs, chunk_size=chunk_size, num_workers=num_workers, seed=seed,
+                         timeout_s=timeout_s)
+
+
+__all__ = ["EnvServer", "InProcessPool", "SimulatorError", "SimulatorPool", "make_pool"]

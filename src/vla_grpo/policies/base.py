@@ -12,7 +12,10 @@ plus :class:`TokenPolicyMixin`, which adds what GRPO needs and TorchRL lacks:
   under the current weights;
 * action normalization: the continuous chunk is decoded from tokens by a
   ``UniformActionTokenizer`` whose per-dimension ``[low, high]`` are the demos'
-  q01/q99 (OpenVLA), kept as buffers so they travel with checkpoints.
+  q01/q99 (OpenVLA), kept as buffers so they travel with checkpoints;
+* a token prior: :meth:`token_log_prior` of demo chunks and
+  :meth:`set_token_prior`, which starts the action head at it before SFT when
+  the policy's head allows it.
 
 Nothing outside ``policies/`` knows a model's internals.
 """
@@ -97,3 +100,35 @@ class TokenPolicyMixin:
     def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Tokens of continuous actions (clipped to the normalization bounds)."""
         return self.action_tokenizer.encode(actions)
+
+    # -- the token prior ------------------------------------------------------------
+    def token_log_prior(self, chunks: torch.Tensor, pad: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+        """Centred log-frequency ``[H, A, V]`` of each action token at each chunk step of ``chunks``
+        (``[N, H, A]`` continuous, ``pad`` ``[N, H]`` marks steps left out)."""
+        H, A, V = self.chunk_size, self.action_dim, self.vocab_size
+        tokens = self.encode_actions(chunks).long()  # [N, H, A]
+        slot = (torch.arange(H)[:, None] * A + torch.arange(A)[None]) * V  # [H, A]
+        keep = (~pad)[..., None].expand_as(tokens)
+        counts = torch.bincount((tokens + slot)[keep], minlength=H * A * V).float().view(H, A, V)
+        return (counts + smoothing).log() - (counts + smoothing).log().mean(-1, keepdim=True)
+
+    def set_token_prior(self, log_prior: torch.Tensor) -> bool:
+        """Start the action logits at ``log_prior`` (``[H, A, V]``); False when this policy can't.
+
+        Why: from uniform logits, every early SFT step's largest and most
+        consistent gradient is "move towards the marginal" (unused action
+        dimensions alone are a large share of the tokens), which can saturate a
+        small trunk so that it predicts the marginal for every observation.
+        Starting at the marginal leaves only observation-dependent gradient.
+        Policies with a bias on a ``[H * A * V]`` output layer override this.
+        """
+        return False
+
+
+def check_policy_fits_suite(policy, suite) -> None:
+    """One-line error naming ``--model.policy.init_args.<dim>`` when a policy dimension differs from the suite's."""
+    for name in ("action_dim", "state_dim", "image_size"):
+        want, got = getattr(suite, name), getattr(policy, name, None)
+        if got is not None and got != want:
+            raise ValueError(f"`--model.policy.init_args.{name}` is {got} but the suite {suite.name!r} "
+                             f"has {name}={want}")

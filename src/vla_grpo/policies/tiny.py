@@ -94,6 +94,12 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
                              f"({str(err).strip().splitlines()[0]})") from None
         load_action_stats(self, meta)
 
+    def set_token_prior(self, log_prior: torch.Tensor) -> bool:
+        """The bias of TinyVLA's ``[H * A * V]`` output layer (``head``) becomes the prior."""
+        with torch.no_grad():
+            self.head.bias.copy_(log_prior.reshape(-1).to(self.head.bias))
+        return True
+
     def _materialize(self) -> None:
         """Run one dummy forward so TinyVLA's lazy layers get their shapes.
 

@@ -1,0 +1,185 @@
+"""From rollouts to trainable groups: trajectory splitting, binary rewards, ids, dynamic sampling.
+
+A round's ``[N, T]`` rollout is cut into N trajectories of their valid
+decisions, each rewarded 1 if its episode succeeded (the reward on the decision
+where it happened, the return on every decision). The trajectories go through
+TorchRL's ``MCAdvantage`` replay-buffer transform (:class:`DynamicSamplingBuffer`):
+it waits for the G members of a group, drops the group if all outcomes are
+equal (dynamic sampling) and writes the group-normalised advantage
+``(R - mean) / std`` on every decision. Group and trajectory ids come from
+:class:`IdAllocator`, unique across DDP ranks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import NonTensorStack, TensorDict
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.objectives.llm import MCAdvantage
+
+from vla_grpo.keys import (
+    ACTION_TOKENS_KEY,
+    GROUP_ID_KEY,
+    GROUP_STD_KEY,
+    INIT_STATE_KEY,
+    INSTRUCTION_KEY,
+    RETURN_KEY,
+    SAMPLE_LOG_PROBS_KEY,
+    SUCCESS_KEY,
+    TASK_INDEX_KEY,
+    TRAJ_ID_KEY,
+    TRAJ_TOKENS_KEY,
+)
+
+#: what a stored decision keeps of a rollout step (instructions stay out: non-tensor
+#: entries make the tensor storage crawl; :meth:`DynamicSamplingBuffer.pop_groups` restores them)
+DECISION_KEYS = (
+    "observation",
+    ACTION_TOKENS_KEY,
+    SAMPLE_LOG_PROBS_KEY,
+    GROUP_ID_KEY,
+    TASK_INDEX_KEY,
+    INIT_STATE_KEY,
+    ("next", "reward"),
+    ("next", "done"),
+)
+
+
+class IdAllocator:
+    """Ids unique across DDP ranks: rank ``r`` of ``W`` hands out ``r, r + W, r + 2W, ...``."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.count = 0
+
+    def take(self, n: int) -> list[int]:
+        ids = [(self.count + i) * self.world_size + self.rank for i in range(n)]
+        self.count += n
+        return ids
+
+
+def repeat_per_member(prompts: Sequence, group_ids: list[int], group_size: int) -> tuple[list, list[int]]:
+    """One entry per sub-env: each prompt and its group id, ``group_size`` times in a row."""
+    return ([p for p in prompts for _ in range(group_size)],
+            [g for g in group_ids for _ in range(group_size)])
+
+
+def split_trajectories(data: TensorDict, traj_ids: list[int], *, tokens_per_decision: int) -> list[TensorDict]:
+    """Cut a ``[N, T]`` rollout into N trajectory TensorDicts of their valid decisions.
+
+    Each decision row gets its trajectory's return (binary success), id
+    (``traj_ids[i]``) and token count ``|a_i|``; the last row is marked done.
+    """
+    valid = data.get("valid")
+    if len(traj_ids) != data.shape[0]:
+        raise ValueError(f"expected {data.shape[0]} trajectory ids (one per sub-env), got {len(traj_ids)}")
+    trajs = []
+    for i, traj_id in enumerate(traj_ids):
+        length = int(valid[i].sum())
+        traj = data[i, :length].select(*DECISION_KEYS).clone()
+        done = torch.zeros(length, 1, dtype=torch.bool)
+        done[-1] = True
+        traj.set(("next", "done"), done)
+        success = bool(data[i, length - 1].get(("next", SUCCESS_KEY)).any())
+        traj.set(RETURN_KEY, torch.full((length, 1), float(success)))
+        traj.set(TRAJ_ID_KEY, torch.full((length, 1), traj_id, dtype=torch.int64))
+        traj.set(TRAJ_TOKENS_KEY, torch.full((length, 1), length * tokens_per_decision, dtype=torch.int64))
+        # the binary success reward, on the decision where it happened
+        reward = torch.zeros(length, 1)
+        reward[-1] = float(success)
+        traj.set(("next", "reward"), reward)
+        trajs.append(traj)
+    return trajs
+
+
+def trajectory_returns(trajectories: list[TensorDict]) -> torch.Tensor:
+    """``[len(trajectories)]`` binary returns."""
+    return torch.tensor([float(t.get(RETURN_KEY)[0]) for t in trajectories])
+
+
+class DynamicSamplingBuffer:
+    """A ``TensorDictReplayBuffer`` behind TorchRL's ``MCAdvantage`` group transform.
+
+    Trajectories go in one at a time; complete groups with mixed outcomes (or
+    every group when ``dynamic_sampling=False``) come out with advantages.
+    :meth:`pop_groups` hands out whole groups, with their instructions, and
+    keeps the surplus for later.
+
+    Args:
+        group_size: trajectories per group (G).
+        instructions: the instruction of each ``task_index`` (``suite.all_tasks()`` order),
+            set on popped rows; None leaves them out.
+        dynamic_sampling: drop groups whose G returns are all equal.
+        capacity: decision rows the buffer can hold.
+    """
+
+    def __init__(self, group_size: int, *, instructions: Sequence[str] | None = None,
+                 dynamic_sampling: bool = True, capacity: int = 50_000) -> None:
+        self.transform = MCAdvantage(
+            grpo_size=group_size,
+            prompt_key=GROUP_ID_KEY,
+            trajectory_return="sum",
+            # exclusive bounds on the group's mean return: drops all-0 and all-1 groups
+            keep_return_bounds=(0.0, 1.0) if dynamic_sampling else None,
+        )
+        self.buffer = TensorDictReplayBuffer(
+            storage=LazyTensorStorage(capacity), transform=self.transform
+        )
+        self.instructions = None if instructions is None else list(instructions)
+        self._surplus: list[TensorDict] = []
+
+    def extend(self, trajectories: list[TensorDict]) -> None:
+        for traj in trajectories:
+            self.buffer.extend(traj)
+
+    def _drain(self) -> None:
+        """Move what the transform wrote into the per-group surplus list."""
+        if len(self.buffer) == 0:
+            return
+        rows = self.buffer[:]
+        rows = rows.exclude("index") if "index" in rows.keys() else rows
+        self.buffer.empty()
+        gids = rows.get(GROUP_ID_KEY).view(-1)
+        for gid in torch.unique_consecutive(gids).tolist():
+            group = rows[gids == gid]
+            self._surplus.append(_with_group_std(group))
+
+    @property
+    def num_groups(self) -> int:
+        self._drain()
+        return len(self._surplus)
+
+    def pop_groups(self, k: int) -> TensorDict | None:
+        """Up to ``k`` whole groups as one ``[rows]`` TensorDict (None if there are none)."""
+        self._drain()
+        taken, self._surplus = self._surplus[:k], self._surplus[k:]
+        if not taken:
+            return None
+        rows = torch.cat(taken, 0)
+        if self.instructions is not None:
+            index = rows.get(TASK_INDEX_KEY).view(-1).tolist()
+            rows.set(INSTRUCTION_KEY, NonTensorStack(*[self.instructions[i] for i in index]))
+        return rows
+
+    def stats(self, reset: bool = True) -> dict[str, float]:
+        stats = self.transform.get_stats()
+        if reset:
+            self.transform.reset_stats()
+        return stats
+
+
+def _with_group_std(group: TensorDict) -> TensorDict:
+    """Writes the std of the group's trajectory returns on every row (for Dr.GRPO)."""
+    traj_ids = group.get(TRAJ_ID_KEY).view(-1)
+    returns = group.get(RETURN_KEY).view(-1)
+    per_traj = torch.stack([returns[traj_ids == t][0] for t in torch.unique(traj_ids)])
+    std = per_traj.std() if per_traj.numel() > 1 else torch.zeros(())
+    group.set(GROUP_STD_KEY, std.expand(group.shape[0], 1).clone())
+    return group
+
+
+__all__ = [
+    "DECISION_KEYS", "DynamicSamplingBuffer", "IdAllocator", "repeat_per_member", "split_trajectories",
+    "trajectory_returns",
+]
