@@ -92,3 +92,27 @@ def test_help_documents_the_knobs():
     for knob in ("group_size", "rollout_temperature", "groups_per_step", "max_rollout_rounds",
                  "dynamic_sampling", "ppo_epochs"):
         assert knob in proc.stdout
+
+
+def test_a_plain_command_line_run_gives_no_args_and_argv_warning():
+    """``python -m vla_grpo ...`` lets LightningCLI read ``sys.argv`` itself: no "both args and argv" warning."""
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, "-m", "vla_grpo", "fit", "-c", "conf/toy.yaml", "--print_config"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not recommended to provide both args" not in proc.stderr
+
+
+def test_the_progress_bar_names_the_step_budget_not_epoch_minus_2():
+    from vla_grpo.cli import StepBudgetProgressBar
+
+    cli = VLACLI(args=["-c", str(ROOT / "conf/sft_tabletop.yaml"), "--trainer.logger=false",
+                       "--trainer.max_steps=1000"], run=False)
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, StepBudgetProgressBar)
+    bar.setup(cli.trainer, cli.model, "fit")  # what Lightning does at fit start
+    assert bar._get_train_description(76).strip() == "Epoch 76 (step 0/1000)"
+    quiet = VLACLI(args=["-c", str(ROOT / "conf/sft_tabletop.yaml"), "--trainer.logger=false",
+                         "--trainer.enable_progress_bar=false"], run=False)
+    assert quiet.trainer.progress_bar_callback is None

@@ -31,9 +31,5 @@ class BimanualEnv(TabletopEnv):
             simulation is deterministic.
     """
 
-    def _sim(self, i: int, task_index: int) -> BimanualSim:
-        sim = self._sims[i].get(task_index)
-        if sim is None:
-            task = self.suite.task(task_index)
-            sim = self._sims[i][task_index] = BimanualSim(task, compile_model(task, self.suite.image_size))
-        return sim
+    sim_class = BimanualSim
+    compile_model = staticmethod(compile_model)

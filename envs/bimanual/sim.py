@@ -9,13 +9,11 @@ mean of the two hands' grasp poses.
 """
 from __future__ import annotations
 
-import copy
-
 import mujoco
 import numpy as np
 
 from ..tabletop.hand import Hand, pin_object
-from ..tabletop.sim import MAX_DELTA, SUBSTEPS, object_addresses
+from ..tabletop.sim import MAX_DELTA, SUBSTEPS, SceneSim
 from .scene import ARMS, HAMMER_HEAD, grasp_parts
 from .tasks import LIFT_HEIGHT, REACH_X, BimanualTask
 
@@ -33,7 +31,7 @@ def _yaw_rot(quat: np.ndarray) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-class BimanualSim:
+class BimanualSim(SceneSim):
     """One task's MuJoCo model and data with a left and a right hand.
 
     Args:
@@ -42,11 +40,7 @@ class BimanualSim:
     """
 
     def __init__(self, task: BimanualTask, model: mujoco.MjModel) -> None:
-        self.task = task
-        self.model = model
-        self.data = mujoco.MjData(model)
-        # the two-arm scenes have no mocap (basket) objects: every object has a free joint
-        self._qadr, self._dadr, _, self._key_of_body = object_addresses(model, task.objects)
+        super().__init__(task, model)
         self.hands = tuple(Hand(model, f"{arm}_") for arm in ARMS)
         self._limits = tuple((np.array([REACH_X[a][0], -0.24, 0.004]), np.array([REACH_X[a][1], 0.24, 0.3]))
                              for a in ARMS)
@@ -54,28 +48,10 @@ class BimanualSim:
         self.cameras = (int(model.camera("agentview").id), self.hands[0].camera)
         self.steps = 0
 
+    def _hand_layout_keys(self) -> tuple[str, ...]:
+        return tuple(f"{arm}_hand" for arm in ARMS)
+
     # -- state -----------------------------------------------------------
-    def reset(self, init_state_id: int) -> None:
-        """Put the scene in the task's initial state ``init_state_id`` (objects resting on the table)."""
-        m, d = self.model, self.data
-        mujoco.mj_resetData(m, d)
-        layout = self.task.init_layout(init_state_id)
-        for obj in self.task.objects:
-            x, y, yaw = layout[obj.key]
-            adr = self._qadr[obj.key]
-            d.qpos[adr : adr + 7] = (x, y, obj.kind.collision_half[2], np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-        for arm, hand in zip(ARMS, self.hands, strict=True):
-            hand.place(d, layout[f"{arm}_hand"])
-        self.steps = 0
-        mujoco.mj_forward(m, d)
-
-    def clone(self) -> BimanualSim:
-        """An independent copy (own ``MjData``) for look-ahead, e.g. by the expert."""
-        other = copy.copy(self)
-        other.data = copy.copy(self.data)
-        other.hands = tuple(h.copy() for h in self.hands)
-        return other
-
     def tcp(self, arm: int) -> np.ndarray:
         """Tool centre point of arm ``arm`` (0 left, 1 right)."""
         return self.hands[arm].tcp(self.data)
@@ -87,22 +63,12 @@ class BimanualSim:
         """Arms holding object ``key``."""
         return {i for i, h in enumerate(self.hands) if h.attached == key}
 
-    def pos(self, key: str) -> np.ndarray:
-        adr = self._qadr[key]
-        return self.data.qpos[adr : adr + 3].copy()
-
     def to_world(self, key: str, local) -> np.ndarray:
         """A point given in the (upright) body frame of ``key``, in the world frame."""
         adr = self._qadr[key]
         out = self.pos(key) + np.array([0.0, 0.0, local[2] if len(local) > 2 else 0.0])
         out[:2] += _yaw_rot(self.data.qpos[adr + 3 : adr + 7]) @ np.asarray(local[:2])
         return out
-
-    def bottom(self, key: str) -> float:
-        return float(self.pos(key)[2] - self.task.kind(key).collision_half[2])
-
-    def top(self, key: str) -> float:
-        return float(self.pos(key)[2] + self.task.kind(key).collision_half[2])
 
     def proprio(self) -> np.ndarray:
         """Both arms' LIBERO-shaped proprio, ``[left 8 | right 8]``."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..base import TRAIN_SPLIT, TaskSpec
 from ..tabletop.scene import HAND_START_Z, ObjectKind, SceneObject
-from ..tabletop.tasks import init_state_rng, object_kind
+from ..tabletop.tasks import SceneTask
 
 UNSEEN_SPLIT = "unseen"
 #: x range each arm's tool centre can reach: its own side plus a strip across the middle
@@ -187,20 +187,8 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class BimanualTask:
-    """A task: its public :class:`TaskSpec`, scene objects, goal and layout sampler."""
-
-    spec: TaskSpec
-    objects: tuple[SceneObject, ...]
-    goal: Goal
-    layout: Layout
-
-    def kind(self, key: str) -> ObjectKind:
-        return object_kind(self.spec, self.objects, key)
-
-    def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
-        """The layout of initial state ``init_state_id`` (pure function of name and id)."""
-        return self.layout.sample(init_state_rng(self.spec, init_state_id))
+class BimanualTask(SceneTask):
+    """A two-arm task (``goal``: a :class:`Goal`, ``layout``: a :class:`Layout`), every state from its sampler."""
 
 
 # -- the catalogue ---------------------------------------------------------------------

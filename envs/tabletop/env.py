@@ -60,6 +60,10 @@ class TabletopEnv(EnvBase):
             simulation is deterministic.
     """
 
+    #: the simulator of one sub-env and the compiler of its task's scene (the bimanual env swaps both)
+    sim_class = TabletopSim
+    compile_model = staticmethod(compile_model)
+
     batch_locked = True
 
     def __init__(self, suite, *, num_envs: int, chunk_size: int, seed: int = 0) -> None:
@@ -101,7 +105,7 @@ class TabletopEnv(EnvBase):
         sim = self._sims[i].get(task_index)
         if sim is None:
             task = self.suite.task(task_index)
-            sim = self._sims[i][task_index] = TabletopSim(task, compile_model(task, self.suite.image_size))
+            sim = self._sims[i][task_index] = self.sim_class(task, self.compile_model(task, self.suite.image_size))
         return sim
 
     def _render(self, i: int) -> None:

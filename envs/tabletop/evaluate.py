@@ -56,3 +56,30 @@ def expert_success(
             results[t].steps.append(env.sims[i].steps)
     env.close()
     return results
+
+
+def expert_report_main(suite, argv: list[str] | None, *, description: str, num_envs: int) -> None:
+    """``python -m vla_grpo.envs.<suite>``: print the scripted experts' success per task as a table."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--states", type=int, default=None, help="initial states per task (default: all)")
+    parser.add_argument("--chunk-size", type=int, default=8)
+    parser.add_argument("--num-envs", type=int, default=num_envs)
+    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    args = parser.parse_args(argv)
+    n_states = args.states or suite.num_init_states
+    names = [t.name for t in suite.all_tasks()]
+    tasks = [names.index(t) for t in args.tasks.split(",")] if args.tasks else range(len(names))
+    start = time.perf_counter()
+    results = expert_success(suite, tasks, range(n_states), chunk_size=args.chunk_size, num_envs=args.num_envs)
+    print("| task | split | success | mean steps | max steps | limit |\n|---|---|---|---|---|---|")
+    for t in tasks:
+        spec, r = suite.all_tasks()[t], results[t]
+        print(f"| {spec.name} | {spec.split} | {sum(r.successes)}/{len(r.successes)} ({100 * r.rate:.0f}%) "
+              f"| {sum(r.steps) / len(r.steps):.0f} | {max(r.steps)} | {spec.max_steps} |")
+    total = sum(sum(r.successes) for r in results.values())
+    episodes = sum(len(r.successes) for r in results.values())
+    print(f"overall {total}/{episodes} ({100 * total / episodes:.1f}%) in {time.perf_counter() - start:.0f} s")
+

@@ -73,27 +73,33 @@ def object_addresses(
     return qadr, dadr, mocap, key_of_body
 
 
-class TabletopSim:
-    """One task's MuJoCo model and data, stepped one control step at a time.
+class SceneSim:
+    """One task's MuJoCo model and data with its objects and hands: what every suite's sim shares.
+
+    Subclasses set ``self.hands`` (a tuple of :class:`~.hand.Hand`) and ``cameras``,
+    and implement the step and success of their suite.
 
     Args:
-        task: the task this simulator runs.
+        task: the task this simulator runs (``objects``, ``kind(key)``, ``init_layout(id)``).
         model: the compiled model of the task's scene (shared read-only).
     """
 
-    def __init__(self, task: TabletopTask, model: mujoco.MjModel) -> None:
+    hands: tuple[Hand, ...]
+
+    def __init__(self, task, model: mujoco.MjModel) -> None:
         self.task = task
         self.model = model
         self.data = mujoco.MjData(model)
         self._qadr, self._dadr, self._mocap, self._key_of_body = object_addresses(model, task.objects)
-        self.hand = Hand(model)
-        #: camera ids: (agent view, wrist)
-        self.cameras = (int(model.camera("agentview").id), self.hand.camera)
         self.steps = 0
+
+    def _hand_layout_keys(self) -> tuple[str, ...]:
+        """The keys of the hands' start poses in a task's initial layout, in ``hands`` order."""
+        raise NotImplementedError
 
     # -- state -----------------------------------------------------------
     def reset(self, init_state_id: int) -> None:
-        """Put the scene in the task's initial state ``init_state_id``."""
+        """Put the scene in the task's initial state ``init_state_id`` (objects resting on the table)."""
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         layout = self.task.init_layout(init_state_id)
@@ -105,16 +111,53 @@ class TabletopSim:
             adr = self._qadr[obj.key]
             # resting exactly on the table: nothing needs to settle
             d.qpos[adr : adr + 7] = (x, y, obj.kind.collision_half[2], np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-        self.hand.place(d, layout["hand"])
+        for hand, key in zip(self.hands, self._hand_layout_keys(), strict=True):
+            hand.place(d, layout[key])
         self.steps = 0
         mujoco.mj_forward(m, d)
 
-    def clone(self) -> TabletopSim:
-        """An independent copy (own ``MjData``) for look-ahead, e.g. by the expert."""
+    def clone(self):
+        """An independent copy (own ``MjData`` and hand states) for look-ahead, e.g. by the expert."""
         other = copy.copy(self)
         other.data = copy.copy(self.data)
-        other.hand = self.hand.copy()
+        other.hands = tuple(h.copy() for h in self.hands)
         return other
+
+    def pos(self, key: str) -> np.ndarray:
+        """Centre of an object (world frame)."""
+        if key in self._mocap:
+            return self.data.mocap_pos[self._mocap[key]].copy()
+        adr = self._qadr[key]
+        return self.data.qpos[adr : adr + 3].copy()
+
+    def bottom(self, key: str) -> float:
+        return float(self.pos(key)[2] - self.task.kind(key).collision_half[2])
+
+    def top(self, key: str) -> float:
+        return float(self.pos(key)[2] + self.task.kind(key).collision_half[2])
+
+
+class TabletopSim(SceneSim):
+    """One task's MuJoCo model and data, stepped one control step at a time.
+
+    Args:
+        task: the task this simulator runs.
+        model: the compiled model of the task's scene (shared read-only).
+    """
+
+    def __init__(self, task: TabletopTask, model: mujoco.MjModel) -> None:
+        super().__init__(task, model)
+        self.hands = (Hand(model),)
+        #: camera ids: (agent view, wrist)
+        self.cameras = (int(model.camera("agentview").id), self.hand.camera)
+        self.steps = 0
+
+    @property
+    def hand(self) -> Hand:
+        return self.hands[0]
+
+    def _hand_layout_keys(self) -> tuple[str, ...]:
+        return ("hand",)
 
     @property
     def attached(self) -> str | None:
@@ -126,13 +169,6 @@ class TabletopSim:
         """Tool centre point: between the finger tips (world frame)."""
         return self.hand.tcp(self.data)
 
-    def pos(self, key: str) -> np.ndarray:
-        """Centre of an object (world frame)."""
-        if key in self._mocap:
-            return self.data.mocap_pos[self._mocap[key]].copy()
-        adr = self._qadr[key]
-        return self.data.qpos[adr : adr + 3].copy()
-
     def extent(self, key: str) -> np.ndarray:
         """World-axis-aligned half extents of an object's (possibly rotated) collision box."""
         kind = self.task.kind(key)
@@ -141,12 +177,6 @@ class TabletopSim:
             return half  # an octagon is near round: rotation barely changes it
         rot = self.data.xmat[self.model.body(key).id].reshape(3, 3)
         return np.abs(rot) @ half
-
-    def bottom(self, key: str) -> float:
-        return float(self.pos(key)[2] - self.task.kind(key).collision_half[2])
-
-    def top(self, key: str) -> float:
-        return float(self.pos(key)[2] + self.task.kind(key).collision_half[2])
 
     @property
     def finger_q(self) -> np.ndarray:

@@ -8,7 +8,48 @@ from .sim import STATE_DIM
 from .tasks import SPREADS, TabletopTask, build_catalogue
 
 
-class TabletopSuite(Suite):
+class SceneSuite(Suite):
+    """What the MuJoCo scene suites share: a built task catalogue, an env class, an expert per task.
+
+    Subclasses set ``env_class`` and ``expert_class`` and fill ``self._tasks``
+    (objects with a ``spec``) after :meth:`_init_sizes`.
+    """
+
+    env_class: type
+    expert_class: type
+
+    def _init_sizes(self, image_size: int, num_init_states: int) -> None:
+        if image_size < 16:
+            raise ValueError(f"`image_size` must be >= 16 (got {image_size})")
+        if num_init_states < 1:
+            raise ValueError(f"`num_init_states` must be >= 1 (got {num_init_states})")
+        self.image_size = int(image_size)
+        self.num_init_states = int(num_init_states)
+        self._experts: dict = {}
+
+    def all_tasks(self) -> list[TaskSpec]:
+        return [t.spec for t in self._tasks]
+
+    def task(self, task_index: int):
+        """The full task (scene, goal, layout) behind ``all_tasks()[task_index]``."""
+        return self._tasks[task_index]
+
+    def make_env(self, num_envs: int, *, chunk_size: int, seed: int = 0):
+        return self.env_class(self, num_envs=num_envs, chunk_size=chunk_size, seed=seed)
+
+    def expert(self, task_index: int):
+        """Scripted expert of a task: ``expert(sim, chunk_size) -> [H, action_dim]`` actions.
+
+        ``sim`` is a sub-env simulator (``env.sims[i]``); ``env.expert_chunk()``
+        applies the right expert to every sub-env.
+        """
+        expert = self._experts.get(task_index)
+        if expert is None:
+            expert = self._experts[task_index] = self.expert_class(self._tasks[task_index])
+        return expert
+
+
+class TabletopSuite(SceneSuite):
     """LIBERO-style tabletop tasks on a small MuJoCo scene with a mocap gripper.
 
     27 tasks in three families (spatial / object / goal), six seen (``train``)
@@ -44,18 +85,15 @@ class TabletopSuite(Suite):
     name = "tabletop"
     action_dim = 7
     state_dim = STATE_DIM
+    env_class = TabletopEnv
+    expert_class = TabletopExpert
 
     def __init__(
         self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50, spread: str = "narrow",
         seen_per_family: int | None = None,
     ) -> None:
-        if image_size < 16:
-            raise ValueError(f"`image_size` must be >= 16 (got {image_size})")
-        if num_init_states < 1:
-            raise ValueError(f"`num_init_states` must be >= 1 (got {num_init_states})")
-        self.image_size = int(image_size)
+        self._init_sizes(image_size, num_init_states)
         self.wrist_camera = bool(wrist_camera)
-        self.num_init_states = int(num_init_states)
         if spread not in SPREADS:
             raise ValueError(f"`spread` must be one of {SPREADS} (got {spread!r})")
         if seen_per_family is not None and not 1 <= seen_per_family <= 6:
@@ -65,29 +103,7 @@ class TabletopSuite(Suite):
         self.name = "tabletop" if spread == "narrow" else f"tabletop-{spread}"
         if seen_per_family is not None:
             self.name += f"-{seen_per_family}seen"
-        self._tasks = build_catalogue(self.num_init_states, spread, seen_per_family)
-        self._experts: dict[int, TabletopExpert] = {}
-
-    def all_tasks(self) -> list[TaskSpec]:
-        return [t.spec for t in self._tasks]
-
-    def task(self, task_index: int) -> TabletopTask:
-        """The full task (scene, goal, layout) behind ``all_tasks()[task_index]``."""
-        return self._tasks[task_index]
-
-    def make_env(self, num_envs: int, *, chunk_size: int, seed: int = 0) -> TabletopEnv:
-        return TabletopEnv(self, num_envs=num_envs, chunk_size=chunk_size, seed=seed)
-
-    def expert(self, task_index: int) -> TabletopExpert:
-        """Scripted expert of a task: ``expert(sim, chunk_size) -> [H, 7]`` actions.
-
-        ``sim`` is a sub-env simulator (``env.sims[i]``); ``env.expert_chunk()``
-        applies the right expert to every sub-env.
-        """
-        expert = self._experts.get(task_index)
-        if expert is None:
-            expert = self._experts[task_index] = TabletopExpert(self._tasks[task_index])
-        return expert
+        self._tasks: list[TabletopTask] = build_catalogue(self.num_init_states, spread, seen_per_family)
 
     def __repr__(self) -> str:
         return (f"TabletopSuite(image_size={self.image_size}, wrist_camera={self.wrist_camera}, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -188,14 +189,6 @@ class LaneLayout:
 Layout = AnchoredLayout | ScatterLayout | LaneLayout
 
 
-def object_kind(spec: TaskSpec, objects: tuple[SceneObject, ...], key: str) -> ObjectKind:
-    """The kind of a task's object ``key``."""
-    for obj in objects:
-        if obj.key == key:
-            return obj.kind
-    raise KeyError(f"task {spec.name!r} has no object {key!r}")
-
-
 def init_state_rng(spec: TaskSpec, init_state_id: int) -> np.random.Generator:
     """The generator of a task's initial state: seeded by ``(crc32(name), id)``, the id range-checked."""
     if not 0 <= init_state_id < spec.num_init_states:
@@ -207,18 +200,36 @@ def init_state_rng(spec: TaskSpec, init_state_id: int) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class TabletopTask:
-    """A task: its public :class:`TaskSpec`, scene objects, goal and layout sampler."""
+class SceneTask:
+    """A task of a scene suite: its public :class:`TaskSpec`, scene objects, goal and layout sampler.
+
+    ``goal`` and ``layout`` are the suite's own types; ``layout.sample(rng)``
+    gives an initial layout.
+    """
 
     spec: TaskSpec
     objects: tuple[SceneObject, ...]
-    goal: Goal
-    layout: Layout
-    spread: str = "narrow"
-    scene: str = ""  # tasks with the same scene share a canonical layout ("" = the task's own)
+    goal: Any
+    layout: Any
 
     def kind(self, key: str) -> ObjectKind:
-        return object_kind(self.spec, self.objects, key)
+        """The kind of the task's object ``key``."""
+        for obj in self.objects:
+            if obj.key == key:
+                return obj.kind
+        raise KeyError(f"task {self.spec.name!r} has no object {key!r}")
+
+    def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
+        """The layout of initial state ``init_state_id`` (pure function of name and id)."""
+        return self.layout.sample(init_state_rng(self.spec, init_state_id))
+
+
+@dataclass(frozen=True)
+class TabletopTask(SceneTask):
+    """A tabletop task (``goal``: a :class:`Goal`, ``layout``: a ``Layout``) with its initial-state spread."""
+
+    spread: str = "narrow"
+    scene: str = ""  # tasks with the same scene share a canonical layout ("" = the task's own)
 
     def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
         """The layout of initial state ``init_state_id`` (pure function of name and id)."""

@@ -12,6 +12,7 @@ import sys
 # headless MuJoCo rendering; set before any simulator is imported
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
@@ -31,6 +32,21 @@ def one_line(message: str) -> str:
 class _OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         return super().error(one_line(message), ex)
+
+
+class StepBudgetProgressBar(RichProgressBar):
+    """Lightning's rich bar, without its ``Epoch 76/-2`` when a run is bounded by ``max_steps``.
+
+    With ``max_steps`` and no ``max_epochs`` Lightning sets ``max_epochs = -1``
+    and the bar prints ``max_epochs - 1``; here the suffix is the step budget.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        steps = f" (step {trainer.global_step}/{trainer.max_steps})" if trainer.max_steps > 0 else ""
+        return f"Epoch {current_epoch}{steps}"
 
 
 class VLACLI(LightningCLI):
@@ -55,6 +71,16 @@ class VLACLI(LightningCLI):
         for target in ("suite", "chunk_size", "eval_splits", "eval_states_per_task", "eval_batch_size"):
             parser.link_arguments("model", f"data.init_args.{target}", compute_fn=_model_link(target),
                                   apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs):
+        # our progress bar unless the config turns the bar off or names its own
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, StepBudgetProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
         # A bad value (group_size < 2, a missing checkpoint, ...) surfaces as one
