@@ -102,6 +102,10 @@ class TaskSpec:
         family: task family (``"spatial"``, ``"object"``, ``"goal"``, ``"toy"``).
         max_steps: episode step limit in simulator (low-level) steps.
         num_init_states: size of the task's fixed, seeded pool of initial states.
+        phrasings: the ways this task is asked (the first is ``instruction``); a
+            prompt picks one by index. Empty: only ``instruction``.
+        held_out_phrasings: rewordings kept out of every demo, SFT batch and
+            rollout of this task; the ``paraphrase`` split asks them.
     """
 
     name: str
@@ -110,6 +114,16 @@ class TaskSpec:
     family: str
     max_steps: int
     num_init_states: int
+    phrasings: tuple[str, ...] = ()
+    held_out_phrasings: tuple[str, ...] = ()
+
+    def phrasing(self, index: int) -> str:
+        """Phrasing ``index`` (modulo their number) of the task; ``instruction`` when it has none."""
+        return self.phrasings[index % len(self.phrasings)] if self.phrasings else self.instruction
+
+    @property
+    def num_phrasings(self) -> int:
+        return max(1, len(self.phrasings))
 
 
 class Suite:

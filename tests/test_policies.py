@@ -20,7 +20,7 @@ from torchrl.data.vla import VocabTailActionTokenizer
 
 from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY, SAMPLE_LOG_PROBS_KEY
-from vla_grpo.policies import POLICIES, HFVLAPolicy, TinyVLAPolicy
+from vla_grpo.policies import POLICIES, HFVLAPolicy, ReadingVLAPolicy, TinyVLAPolicy
 from vla_grpo.policies.pretrained import POLICY_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +29,13 @@ SUITE = ToyReachSuite(image_size=16)
 DIMS = dict(action_dim=SUITE.action_dim, chunk_size=4, state_dim=SUITE.state_dim, image_size=SUITE.image_size)
 #: smaller-than-default sizes where a policy has them (a new policy runs at its defaults)
 TINY_SIZES = {
+    ReadingVLAPolicy: dict(hidden_dim=32, channels=(8, 8, 8, 8), text_dim=16),
     TinyVLAPolicy: dict(hidden_dim=32),
     HFVLAPolicy: dict(patch_size=4, vision_hidden=32, text_hidden=32, layers=1, heads=2),
 }
 #: a file of each policy's directory whose absence must be reported by name
-WEIGHT_FILE = {TinyVLAPolicy: "model.safetensors", HFVLAPolicy: "heads.safetensors"}
+WEIGHT_FILE = {ReadingVLAPolicy: "model.safetensors", TinyVLAPolicy: "model.safetensors",
+               HFVLAPolicy: "heads.safetensors"}
 
 
 def make_policy(cls, **overrides):

@@ -55,14 +55,14 @@ def test_catalogue_has_seen_and_unseen_tasks_per_family(suite):
         unseen = suite.tasks(f"unseen_{family}")
         assert len(seen) >= 6 and len(unseen) >= 3
         assert {t.family for t in unseen} == {family}
-    assert suite.splits == [TRAIN_SPLIT, "unseen_spatial", "unseen_object", "unseen_goal"]
+    assert suite.splits == [TRAIN_SPLIT, "unseen_spatial", "unseen_object", "unseen_goal", "paraphrase"]
     assert all(t.num_init_states >= 50 and 100 <= t.max_steps <= 300 for t in specs)
 
 
 def test_unseen_tasks_are_disjoint_from_seen(suite):
     seen = suite.tasks(TRAIN_SPLIT)
     seen_text = {t.instruction for t in seen}
-    for split in suite.splits[1:]:
+    for split in ("unseen_spatial", "unseen_object", "unseen_goal", "paraphrase"):
         for t in suite.tasks(split):
             assert t.instruction not in seen_text and t.name not in {s.name for s in seen}
     index = {t.name: i for i, t in enumerate(suite.all_tasks())}
@@ -79,7 +79,7 @@ def test_unseen_tasks_are_disjoint_from_seen(suite):
 
 @pytest.mark.parametrize("spread", ["narrow", "wide"])
 def test_init_states_are_fixed_and_collision_free(spread):
-    suite = TabletopSuite(spread=spread)
+    suite = TabletopSuite(spread=spread, pretrain_catalogue=True)
     for i, spec in enumerate(suite.all_tasks()):
         task = suite.task(i)
         assert task.init_layout(7) == task.init_layout(7)
@@ -309,8 +309,10 @@ def test_seen_per_family_keeps_the_first_seen_tasks_and_every_unseen_one(suite):
     full_seen = suite.tasks(TRAIN_SPLIT)
     want = [t.name for f in FAMILIES for t in [s for s in full_seen if s.family == f][:2]]
     assert [t.name for t in small.tasks(TRAIN_SPLIT)] == want
-    for split in suite.splits[1:]:
+    for split in ("unseen_spatial", "unseen_object", "unseen_goal"):
         assert small.tasks(split) == suite.tasks(split)
+    # the paraphrase split follows the seen tasks
+    assert [t.name for t in small.tasks("paraphrase")] == [f"paraphrase/{name}" for name in want]
     i = small.task_index("goal/push_plate_front")
     assert small.task(i).init_layout(3) == suite.task(suite.task_index("goal/push_plate_front")).init_layout(3)
     with pytest.raises(ValueError, match="`seen_per_family` must be in 1..6"):

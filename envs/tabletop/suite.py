@@ -70,6 +70,9 @@ class TabletopSuite(SceneSuite):
         seen_per_family: keep only the first that many seen tasks of each family
             (a smaller ``train`` split for short CPU runs; the unseen splits stay
             whole); the name gets ``-<k>seen`` so demo caches don't mix.
+        pretrain_catalogue: add the ``pretrain`` split, 124 tasks composed from
+            the suite's parts (:mod:`.catalogue`) for multi-task pretraining; the
+            name gets ``-pretrain``.
 
     Example:
         >>> suite = TabletopSuite()
@@ -90,7 +93,7 @@ class TabletopSuite(SceneSuite):
 
     def __init__(
         self, image_size: int = 128, wrist_camera: bool = False, num_init_states: int = 50, spread: str = "narrow",
-        seen_per_family: int | None = None,
+        seen_per_family: int | None = None, pretrain_catalogue: bool = False,
     ) -> None:
         self._init_sizes(image_size, num_init_states)
         self.wrist_camera = bool(wrist_camera)
@@ -103,9 +106,14 @@ class TabletopSuite(SceneSuite):
         self.name = "tabletop" if spread == "narrow" else f"tabletop-{spread}"
         if seen_per_family is not None:
             self.name += f"-{seen_per_family}seen"
-        self._tasks: list[TabletopTask] = build_catalogue(self.num_init_states, spread, seen_per_family)
+        self.pretrain_catalogue = bool(pretrain_catalogue)
+        if pretrain_catalogue:
+            self.name += "-pretrain"
+        self._tasks: list[TabletopTask] = build_catalogue(self.num_init_states, spread, seen_per_family,
+                                                          self.pretrain_catalogue)
 
     def __repr__(self) -> str:
         return (f"TabletopSuite(image_size={self.image_size}, wrist_camera={self.wrist_camera}, "
                 f"num_init_states={self.num_init_states}, spread={self.spread!r}, "
-                f"seen_per_family={self.seen_per_family}, tasks={len(self._tasks)})")
+                f"seen_per_family={self.seen_per_family}, pretrain_catalogue={self.pretrain_catalogue}, "
+                f"tasks={len(self._tasks)})")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..base import TRAIN_SPLIT, TaskSpec
+from .phrasing import phrasings
 from .scene import BASKET_INNER, BASKET_WALL, HAND_START_Z, ObjectKind, SceneObject
 
 #: an object's centre must end below this y for "push ... to the front"
@@ -189,14 +190,17 @@ class LaneLayout:
 Layout = AnchoredLayout | ScatterLayout | LaneLayout
 
 
-def init_state_rng(spec: TaskSpec, init_state_id: int) -> np.random.Generator:
-    """The generator of a task's initial state: seeded by ``(crc32(name), id)``, the id range-checked."""
+def init_state_rng(spec: TaskSpec, init_state_id: int, name: str | None = None) -> np.random.Generator:
+    """The generator of a task's initial state: seeded by ``(crc32(name), id)``, the id range-checked.
+
+    ``name``: the task whose states these are (a reworded copy shares its origin's); default ``spec.name``.
+    """
     if not 0 <= init_state_id < spec.num_init_states:
         raise ValueError(
             f"init_state_id {init_state_id} is out of range for task {spec.name!r}; "
             f"expected 0 <= id < {spec.num_init_states}"
         )
-    return np.random.default_rng((zlib.crc32(spec.name.encode()), int(init_state_id)))
+    return np.random.default_rng((zlib.crc32((name or spec.name).encode()), int(init_state_id)))
 
 
 @dataclass(frozen=True)
@@ -230,17 +234,18 @@ class TabletopTask(SceneTask):
 
     spread: str = "narrow"
     scene: str = ""  # tasks with the same scene share a canonical layout ("" = the task's own)
+    origin: str = ""  # a reworded copy (the paraphrase split) shares this task's scene and initial states
 
     def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
         """The layout of initial state ``init_state_id`` (pure function of name and id)."""
-        rng = init_state_rng(self.spec, init_state_id)
+        rng = init_state_rng(self.spec, init_state_id, self.origin or None)
         if self.spread == "wide":
             return self.layout.sample(rng)
         return self._jittered(self.canonical_layout(), rng, self.layout.narrow_jitter)
 
     def canonical_layout(self) -> dict[str, tuple[float, ...]]:
         """The ``"narrow"`` spread's fixed scene of this task (shared by tasks of one ``scene``)."""
-        seed = zlib.crc32((self.scene or self.spec.name).encode())
+        seed = zlib.crc32((self.scene or self.origin or self.spec.name).encode())
         return self.layout.sample(np.random.default_rng((seed, CANONICAL_STATE)))
 
     @staticmethod
@@ -259,17 +264,20 @@ class TabletopTask(SceneTask):
 
 
 # -- the catalogue ---------------------------------------------------------
-def _spec(name: str, instruction: str, split: str, goal: Goal, n: int) -> TaskSpec:
+def _spec(name: str, split: str, goal: Goal, n: int, obj: str, target: str | None = None,
+          relational: bool = False) -> TaskSpec:
+    """A task's spec, asked as ``goal.verb`` of ``obj`` (onto/into ``target``): its first phrasing is the instruction."""
     family = name.split("/")[0]
-    return TaskSpec(name, instruction, split, family, MAX_STEPS[goal.verb], n)
+    train, held_out = phrasings(goal.verb, obj, target, relational)
+    return TaskSpec(name, train[0], split, family, MAX_STEPS[goal.verb], n, train, held_out)
 
 
-_SPATIAL_OBJECTS = (
+SPATIAL_OBJECTS = (
     SceneObject("bowl_a", RED_BOWL), SceneObject("bowl_b", RED_BOWL), SceneObject("plate", PLATE),
     SceneObject("mug", MUG), SceneObject("cookie_box", COOKIE_BOX),
 )
 # (name, relation phrase, split, mirror?, anchors of bowl_a (target), bowl_b, plate, mug, cookie_box)
-_SPATIAL = (
+SPATIAL_RELATIONS = (
     ("between_plate_mug", "between the plate and the mug", TRAIN_SPLIT, True,
      (0.0, 0.04), (0.05, -0.13), (-0.17, 0.04), (0.165, 0.04), (-0.16, -0.13)),
     ("next_to_cookie_box", "next to the cookie box", TRAIN_SPLIT, True,
@@ -294,12 +302,12 @@ _SPATIAL = (
 def spatial_tasks(n: int) -> list[TabletopTask]:
     """Spatial family: pick the red bowl named by a relation, place it on the plate."""
     goal = Goal("place_on", "bowl_a", "plate")
-    keys = [o.key for o in _SPATIAL_OBJECTS]
+    keys = [o.key for o in SPATIAL_OBJECTS]
     out = []
-    for name, rel, split, mirror, *anchors in _SPATIAL:
+    for name, rel, split, mirror, *anchors in SPATIAL_RELATIONS:
         layout = AnchoredLayout(tuple((k, x, y) for k, (x, y) in zip(keys, anchors, strict=True)), mirror=mirror)
-        text = f"pick up the red bowl {rel} and place it on the plate"
-        out.append(TabletopTask(_spec(f"spatial/{name}", text, split, goal, n), _SPATIAL_OBJECTS, goal, layout))
+        spec = _spec(f"spatial/{name}", split, goal, n, f"red bowl {rel}", "plate", relational=True)
+        out.append(TabletopTask(spec, SPATIAL_OBJECTS, goal, layout))
     return out
 
 
@@ -310,8 +318,7 @@ def _object_task(target: ObjectKind, distractors: tuple[ObjectKind, ...], split:
     layout = ScatterLayout("basket", tuple((o.key, o.kind.footprint) for o in objects[1:]))
     goal = Goal("place_in", "target", "basket")
     name = "object/" + target.name.replace(" ", "_")
-    text = f"put the {target.name} in the basket"
-    return TabletopTask(_spec(name, text, split, goal, n), objects, goal, layout)
+    return TabletopTask(_spec(name, split, goal, n, target.name, "basket"), objects, goal, layout)
 
 
 def object_tasks(n: int) -> list[TabletopTask]:
@@ -334,34 +341,52 @@ _GOAL_OBJECTS = (
     SceneObject("mug", MUG),
 )
 _GOALS = (
-    ("bowl_on_plate", "put the bowl on the plate", TRAIN_SPLIT, Goal("place_on", "bowl", "plate")),
-    ("push_plate_front", "push the plate to the front", TRAIN_SPLIT, Goal("push_front", "plate")),
-    ("mug_in_basket", "put the mug in the basket", TRAIN_SPLIT, Goal("place_in", "mug", "basket")),
-    ("bowl_in_basket", "put the bowl in the basket", TRAIN_SPLIT, Goal("place_in", "bowl", "basket")),
-    ("mug_on_plate", "put the mug on the plate", TRAIN_SPLIT, Goal("place_on", "mug", "plate")),
-    ("lift_mug", "pick up the mug", TRAIN_SPLIT, Goal("lift", "mug")),
-    ("push_bowl_front", "push the bowl to the front", "unseen_goal", Goal("push_front", "bowl")),
-    ("lift_bowl", "pick up the bowl", "unseen_goal", Goal("lift", "bowl")),
-    ("push_mug_front", "push the mug to the front", "unseen_goal", Goal("push_front", "mug")),
+    ("bowl_on_plate", TRAIN_SPLIT, Goal("place_on", "bowl", "plate")),
+    ("push_plate_front", TRAIN_SPLIT, Goal("push_front", "plate")),
+    ("mug_in_basket", TRAIN_SPLIT, Goal("place_in", "mug", "basket")),
+    ("bowl_in_basket", TRAIN_SPLIT, Goal("place_in", "bowl", "basket")),
+    ("mug_on_plate", TRAIN_SPLIT, Goal("place_on", "mug", "plate")),
+    ("lift_mug", TRAIN_SPLIT, Goal("lift", "mug")),
+    ("push_bowl_front", "unseen_goal", Goal("push_front", "bowl")),
+    ("lift_bowl", "unseen_goal", Goal("lift", "bowl")),
+    ("push_mug_front", "unseen_goal", Goal("push_front", "mug")),
 )
 
 
 def goal_tasks(n: int) -> list[TabletopTask]:
     """Goal family: one scene, different goals."""
     layout = LaneLayout("basket", ("bowl", "plate", "mug"))
+    names = {o.key: o.kind.name for o in _GOAL_OBJECTS}
     return [
-        TabletopTask(_spec(f"goal/{name}", text, split, goal, n), _GOAL_OBJECTS, goal, layout, scene="goal")
-        for name, text, split, goal in _GOALS
+        TabletopTask(_spec(f"goal/{name}", split, goal, n, names[goal.obj], names.get(goal.target)),
+                     _GOAL_OBJECTS, goal, layout, scene="goal")
+        for name, split, goal in _GOALS
+    ]
+
+
+PARAPHRASE_SPLIT = "paraphrase"
+
+
+def paraphrase_tasks(seen: list[TabletopTask]) -> list[TabletopTask]:
+    """The seen tasks asked with their held-out rewordings (same scenes, same initial states)."""
+    return [
+        replace(t, spec=replace(t.spec, name=f"{PARAPHRASE_SPLIT}/{t.spec.name}", split=PARAPHRASE_SPLIT,
+                                instruction=t.spec.held_out_phrasings[0], phrasings=t.spec.held_out_phrasings,
+                                held_out_phrasings=()),
+                origin=t.spec.name)
+        for t in seen
     ]
 
 
 def build_catalogue(
-    num_init_states: int = 50, spread: str = "narrow", seen_per_family: int | None = None
+    num_init_states: int = 50, spread: str = "narrow", seen_per_family: int | None = None,
+    pretrain_catalogue: bool = False,
 ) -> list[TabletopTask]:
-    """All tasks in ``task_index`` order: seen tasks of each family first, then unseen splits.
+    """All tasks in ``task_index`` order: seen tasks of each family, the unseen splits, ``paraphrase``,
+    then (with ``pretrain_catalogue``) the ``pretrain`` split of :mod:`.catalogue`.
 
     ``seen_per_family`` keeps only the first that many seen tasks of each family
-    (the unseen splits stay whole).
+    (the unseen splits stay whole; ``paraphrase`` follows the seen tasks).
     """
     if spread not in SPREADS:
         raise ValueError(f"`spread` must be one of {SPREADS} (got {spread!r})")
@@ -371,4 +396,9 @@ def build_catalogue(
                     + [t for t in fam if t.spec.split != TRAIN_SPLIT] for fam in families]
     tasks = [replace(t, spread=spread) for fam in families for t in fam]
     seen = [t for t in tasks if t.spec.split == TRAIN_SPLIT]
-    return seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT]
+    out = seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT] + paraphrase_tasks(seen)
+    if pretrain_catalogue:
+        from .catalogue import pretrain_tasks
+
+        out += [replace(t, spread=spread) for t in pretrain_tasks(num_init_states)]
+    return out

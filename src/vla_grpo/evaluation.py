@@ -26,13 +26,18 @@ class EvalItem(NamedTuple):
 
 
 class EvalPrompts(Dataset):
-    """Every task of every split in ``splits`` x its first ``states_per_task`` states."""
+    """Every task of every split in ``splits`` x its first ``states_per_task`` states.
+
+    Initial state ``s`` of a task is asked in its phrasing ``s mod (number of
+    phrasings)``: all of them in turn (the held-out ones, on the ``paraphrase`` split).
+    """
 
     def __init__(self, suite: Suite, splits: list[str], states_per_task: int) -> None:
+        tasks = suite.all_tasks()
         self.items = [
-            EvalItem(split, prompt)
+            EvalItem(split, p._replace(phrasing=p.init_state_id % tasks[p.task_index].num_phrasings))
             for split in splits
-            for prompt in split_prompts(suite, split, states_per_task)
+            for p in split_prompts(suite, split, states_per_task)
         ]
 
     def __len__(self) -> int:

@@ -101,21 +101,19 @@ def trajectory_returns(trajectories: list[TensorDict]) -> torch.Tensor:
 class DynamicSamplingBuffer:
     """A ``TensorDictReplayBuffer`` behind TorchRL's ``MCAdvantage`` group transform.
 
-    Trajectories go in one at a time; complete groups with mixed outcomes (or
-    every group when ``dynamic_sampling=False``) come out with advantages.
-    :meth:`pop_groups` hands out whole groups, with their instructions, and
-    keeps the surplus for later.
+    Trajectories go in one at a time, each with the instruction it was rolled
+    out with; complete groups with mixed outcomes (or every group when
+    ``dynamic_sampling=False``) come out with advantages. :meth:`pop_groups`
+    hands out whole groups, their instructions restored, and keeps the surplus
+    for later.
 
     Args:
         group_size: trajectories per group (G).
-        instructions: the instruction of each ``task_index`` (``suite.all_tasks()`` order),
-            set on popped rows; None leaves them out.
         dynamic_sampling: drop groups whose G returns are all equal.
         capacity: decision rows the buffer can hold.
     """
 
-    def __init__(self, group_size: int, *, instructions: Sequence[str] | None = None,
-                 dynamic_sampling: bool = True, capacity: int = 50_000) -> None:
+    def __init__(self, group_size: int, *, dynamic_sampling: bool = True, capacity: int = 50_000) -> None:
         self.transform = MCAdvantage(
             grpo_size=group_size,
             prompt_key=GROUP_ID_KEY,
@@ -126,10 +124,16 @@ class DynamicSamplingBuffer:
         self.buffer = TensorDictReplayBuffer(
             storage=LazyTensorStorage(capacity), transform=self.transform
         )
-        self.instructions = None if instructions is None else list(instructions)
+        self._instructions: dict[int, str] = {}  # trajectory id -> instruction, until its group is popped
         self._surplus: list[TensorDict] = []
 
-    def extend(self, trajectories: list[TensorDict]) -> None:
+    def extend(self, trajectories: list[TensorDict], instructions: Sequence[str] | None = None) -> None:
+        """Add trajectories; ``instructions[i]`` is what ``trajectories[i]`` was asked (restored on pop)."""
+        if instructions is not None:
+            if len(instructions) != len(trajectories):
+                raise ValueError(f"expected {len(trajectories)} instructions, got {len(instructions)}")
+            for traj, text in zip(trajectories, instructions, strict=True):
+                self._instructions[int(traj.get(TRAJ_ID_KEY)[0])] = text
         for traj in trajectories:
             self.buffer.extend(traj)
 
@@ -157,9 +161,11 @@ class DynamicSamplingBuffer:
         if not taken:
             return None
         rows = torch.cat(taken, 0)
-        if self.instructions is not None:
-            index = rows.get(TASK_INDEX_KEY).view(-1).tolist()
-            rows.set(INSTRUCTION_KEY, NonTensorStack(*[self.instructions[i] for i in index]))
+        ids = rows.get(TRAJ_ID_KEY).view(-1).tolist()
+        if ids and ids[0] in self._instructions:
+            rows.set(INSTRUCTION_KEY, NonTensorStack(*[self._instructions[i] for i in ids]))
+            for i in set(ids):
+                self._instructions.pop(i, None)
         return rows
 
     def stats(self, reset: bool = True) -> dict[str, float]:

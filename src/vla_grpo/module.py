@@ -35,7 +35,12 @@ from vla_grpo.groups import (
 from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.policies.base import check_policy_fits_suite
-from vla_grpo.prompts import PROMPT_SAMPLERS, make_prompt_sampler, select_train_tasks
+from vla_grpo.prompts import (
+    PROMPT_SAMPLERS,
+    make_prompt_sampler,
+    prompt_instructions,
+    select_train_tasks,
+)
 from vla_grpo.rollout import GroupedRollout
 from vla_grpo.stages import SFTStage
 
@@ -199,8 +204,7 @@ class GRPOModule(L.LightningModule):
                                       chunk_size=self.policy.chunk_size, num_workers=hp.num_workers,
                                       seed=hp.seed * 1_000 + rank, worker_timeout_s=hp.worker_timeout_s,
                                       pipeline=hp.pipeline_rollouts)
-        self.buffer = DynamicSamplingBuffer(hp.group_size, dynamic_sampling=hp.dynamic_sampling,
-                                            instructions=[t.instruction for t in self.suite.all_tasks()])
+        self.buffer = DynamicSamplingBuffer(hp.group_size, dynamic_sampling=hp.dynamic_sampling)
         self.group_ids, self.traj_ids = IdAllocator(rank, world), IdAllocator(rank, world)
         if self.loss.needs_reference and self.reference is None:
             self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
@@ -273,7 +277,7 @@ class GRPOModule(L.LightningModule):
         data = self.rollout.run(self.policy, members, groups)                                # roll out
         trajs = split_trajectories(data, self.traj_ids.take(len(members)),                   # split, reward
                                    tokens_per_decision=self.policy.tokens_per_decision)
-        self.buffer.extend(trajs)                                  # keep mixed groups, with advantages
+        self.buffer.extend(trajs, prompt_instructions(self.suite, members))  # keep mixed groups, advantages
         returns = trajectory_returns(trajs).view(len(prompts), G)
         self.sampler.update_groups(prompts, returns)                                         # update sampler
         return returns, self.rollout.last_env_steps_per_s

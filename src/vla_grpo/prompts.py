@@ -18,10 +18,16 @@ from vla_grpo.keys import GROUP_ID_KEY, INIT_STATE_KEY, TASK_INDEX_KEY
 
 
 class Prompt(NamedTuple):
-    """A (task, initial state) pair: what a GRPO group is rolled out from."""
+    """A (task, initial state) pair, asked in one of the task's phrasings: what a GRPO group is rolled out from."""
 
     task_index: int
     init_state_id: int
+    phrasing: int = 0
+
+    @property
+    def state(self) -> Prompt:
+        """The (task, initial state) without the phrasing: what outcome statistics are kept for."""
+        return Prompt(self.task_index, self.init_state_id)
 
 
 def split_prompts(
@@ -50,9 +56,9 @@ def select_train_tasks(suite: Suite, tasks: list[str]) -> list[int]:
 
 
 def prompt_instructions(suite: Suite, prompts: list[Prompt]) -> list[str]:
-    """The language instruction of each prompt's task."""
+    """The language instruction of each prompt: its task's phrasing ``prompt.phrasing``."""
     tasks = suite.all_tasks()
-    return [tasks[p.task_index].instruction for p in prompts]
+    return [tasks[p.task_index].phrasing(p.phrasing) for p in prompts]
 
 
 def prompt_reset_td(prompts: list[Prompt], group_ids: list[int]) -> TensorDict:
@@ -75,7 +81,9 @@ class PromptSampler:
     """Uniform prompt draws from this rank's shard of the train split.
 
     ``first_state`` leaves each task's initial states below it out (the greedy
-    eval's states); ``tasks`` keeps only the named train tasks.
+    eval's states); ``tasks`` keeps only the named train tasks. Each drawn
+    prompt is asked in one of its task's training phrasings, uniformly (a
+    generator of its own, so the prompt draws don't depend on how many there are).
     """
 
     def __init__(self, suite: Suite, *, first_state: int = 0, tasks: list[str] | None = None, rank: int = 0,
@@ -89,15 +97,27 @@ class PromptSampler:
                              "(`--model.train_first_state` too high?)")
         self.prompts = prompts[rank::world_size] or prompts
         self.index = {p: i for i, p in enumerate(self.prompts)}
+        self.num_phrasings = [t.num_phrasings for t in suite.all_tasks()]
         self.generator = torch.Generator().manual_seed(seed * 1_000 + rank)
+        self.phrasing_generator = torch.Generator().manual_seed(seed * 1_000 + rank + 500)
 
     def weights(self) -> torch.Tensor:
         return torch.ones(len(self.prompts))
 
+    def _choose(self, indices: list[int]) -> list[Prompt]:
+        """The prompts at ``indices``, each with a phrasing drawn for it."""
+        out = []
+        for i in indices:
+            prompt = self.prompts[i]
+            k = self.num_phrasings[prompt.task_index]
+            phrasing = int(torch.randint(k, (1,), generator=self.phrasing_generator)) if k > 1 else 0
+            out.append(prompt._replace(phrasing=phrasing))
+        return out
+
     def draw(self, n: int) -> list[Prompt]:
         weights = self.weights()
         idx = torch.multinomial(weights, n, replacement=n > len(self.prompts), generator=self.generator)
-        return [self.prompts[i] for i in idx.tolist()]
+        return self._choose(idx.tolist())
 
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
         """Outcome feedback of one group (unused by uniform sampling)."""
@@ -169,7 +189,7 @@ class SuccessAwarePromptSampler(PromptSampler):
         return ((self.mixed + k * task_rate) / (self.visits + k)) ** self.sharpness + self.floor
 
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
-        i = self.index.get(prompt)
+        i = self.index.get(prompt.state)
         if i is None:
             return
         d = self.decay
@@ -234,8 +254,8 @@ class ThompsonPromptSampler(SuccessAwarePromptSampler):
             pool = free if len(free) else members
             i = int(pool[torch.multinomial(weights[pool], 1, generator=self.generator)])
             taken[i] = True
-            out.append(self.prompts[i])
-        return out
+            out.append(i)
+        return self._choose(out)
 
 
 #: ``--model.prompt_sampling`` values

@@ -54,7 +54,10 @@ class SFTModule(L.LightningModule):
         eval_num_envs: simulators stepped together at validation.
         eval_num_workers: simulator processes at validation (1 = in this process).
         token_prior_init: start the action head at the demos' token marginals
-            (see :func:`init_token_prior`; without it TinyVLA collapses to the marginal).
+            (``policy.set_token_prior``; without it TinyVLA collapses to the marginal).
+        init_from: a checkpoint to start from (the pretrained base, ``conf/pretrain_tabletop.yaml``):
+            its weights *and* its action normalization are kept (the demos' statistics and
+            token prior would change what the pretrained head's tokens mean).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class SFTModule(L.LightningModule):
         eval_num_envs: int = 16,
         eval_num_workers: int = 1,
         token_prior_init: bool = True,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("eval_states_per_task", eval_states_per_task), ("eval_num_envs", eval_num_envs),
@@ -84,12 +88,17 @@ class SFTModule(L.LightningModule):
         self.policy.temperature = 1.0
         self.rollout: GroupedRollout | None = None
         check_policy_fits_suite(policy, suite)
+        if init_from:
+            from vla_grpo.checkpoint import load_policy_weights
+
+            load_policy_weights(self.policy, init_from)
+            self.policy.pretrained = True
 
     def setup(self, stage: str) -> None:
         # the demos' statistics: the data module's (set up before the model) when it has demos
         data = self.trainer.datamodule if stage == "fit" else None
         stats = getattr(data, "action_stats", None)
-        if stats is not None:
+        if stats is not None and not (self.hparams.init_from or self.policy.pretrained):
             self.policy.set_action_stats(*stats)
             if self.hparams.token_prior_init:
                 prior = self.policy.token_log_prior(data.dataset.chunks, data.dataset.pad)

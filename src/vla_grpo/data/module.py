@@ -131,7 +131,9 @@ class DemoDataModule(L.LightningDataModule):
         self._warn_on_eval_overlap()
         demos = self.load_demos()
         _check_demos_fit(self.demo_path(), demos, self.suite)
-        self.dataset = DemoWindows(demos, self.hparams.chunk_size)
+        # training phrasings only: held-out rewordings (TaskSpec.held_out_phrasings) never reach a batch
+        asked = {t.name: t.phrasings for t in self.suite.all_tasks() if t.phrasings}
+        self.dataset = DemoWindows(demos, self.hparams.chunk_size, asked)
         if demos:
             actions = torch.from_numpy(np.concatenate([d.actions for d in demos])).float()
             # OpenVLA: bins span the 1st..99th percentile, so rare outliers don't waste bins

@@ -39,16 +39,26 @@ class DemoWindows(Dataset):
     """One (observation, action chunk, padding mask) window per demo step.
 
     Everything lives in a few stacked tensors and a batch is gathered in one
-    indexing call (``__getitems__``), not 64 small ones.
+    indexing call (``__getitems__``), not 64 small ones. Each time a window is
+    served it is asked in one of its task's training phrasings, drawn uniformly
+    with torch's global generator (seeded runs repeat).
 
     Args:
         demos: demonstrations (e.g. from :func:`vla_grpo.envs.demos.read_demos`).
         chunk_size: actions per window, the policy's ``chunk_size``.
+        phrasings: each task name's training phrasings; a task not in it is asked
+            as its demo file says.
     """
 
-    def __init__(self, demos: list[Demo], chunk_size: int) -> None:
-        self.instructions = sorted({d.instruction for d in demos})
+    def __init__(self, demos: list[Demo], chunk_size: int, phrasings: dict[str, tuple[str, ...]] | None = None) -> None:
+        phrasings = phrasings or {}
+        asked = {d.instruction: tuple(phrasings.get(d.task_name) or (d.instruction,)) for d in demos}
+        self.instructions = sorted(asked)
         which = {s: i for i, s in enumerate(self.instructions)}
+        #: the phrasings of each instruction id, padded by repetition to one width for one-call sampling
+        width = max((len(v) for v in asked.values()), default=1)
+        self.phrasings = [[asked[s][k % len(asked[s])] for k in range(width)] for s in self.instructions]
+        self.num_phrasings = torch.tensor([len(asked[s]) for s in self.instructions] or [1])
         if demos:
             self.images = torch.from_numpy(np.concatenate([d.images for d in demos])).permute(0, 3, 1, 2)
             self.states = torch.from_numpy(np.concatenate([d.states for d in demos])).float()
@@ -69,13 +79,18 @@ class DemoWindows(Dataset):
             {
                 IMAGE_KEY: self.images[idx],
                 STATE_KEY: self.states[idx],
-                INSTRUCTION_KEY: NonTensorStack(*[self.instructions[i] for i in self.instruction_id[idx].tolist()]),
+                INSTRUCTION_KEY: NonTensorStack(*self._ask(self.instruction_id[idx])),
                 ACTION_CHUNK_KEY: self.chunks[idx],
                 PAD_KEY: self.pad[idx],
                 TASK_INDEX_KEY: self.task_index[idx],
             },
             batch_size=[len(idx)],
         )
+
+    def _ask(self, instruction_id: torch.Tensor) -> list[str]:
+        """One training phrasing per window, drawn uniformly among its task's."""
+        pick = (torch.rand(len(instruction_id)) * self.num_phrasings[instruction_id]).long()
+        return [self.phrasings[i][k] for i, k in zip(instruction_id.tolist(), pick.tolist(), strict=True)]
 
     def __getitem__(self, i: int) -> TensorDict:
         return self.__getitems__([i])[0]

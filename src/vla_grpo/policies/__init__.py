@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from vla_grpo.policies.base import TokenPolicyMixin
 from vla_grpo.policies.hf import HFVLAPolicy
+from vla_grpo.policies.reading import ReadingVLAPolicy
 from vla_grpo.policies.tiny import TinyVLAPolicy
 
-#: every registered policy (transformers is only imported when an HFVLAPolicy is built)
-POLICIES = (TinyVLAPolicy, HFVLAPolicy)
+#: every registered policy (transformers is only imported when a policy that needs it is built)
+POLICIES = (ReadingVLAPolicy, TinyVLAPolicy, HFVLAPolicy)
 
-__all__ = ["POLICIES", "HFVLAPolicy", "TinyVLAPolicy", "TokenPolicyMixin"]
+__all__ = ["POLICIES", "HFVLAPolicy", "ReadingVLAPolicy", "TinyVLAPolicy", "TokenPolicyMixin"]

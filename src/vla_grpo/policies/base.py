@@ -37,6 +37,9 @@ class TokenPolicyMixin:
     """
 
     temperature: float
+    #: True once weights and action normalization come from a pretrained policy directory:
+    #: SFT then keeps that normalization (the head's tokens mean what pretraining taught)
+    pretrained: bool = False
 
     def _init_token_policy(self, action_dim: int, vocab_size: int, temperature: float) -> None:
         if temperature <= 0:
@@ -123,6 +126,22 @@ class TokenPolicyMixin:
         Policies with a bias on a ``[H * A * V]`` output layer override this.
         """
         return False
+
+
+def instruction_strings(instruction, batch: int) -> list[str]:
+    """The batch's instructions as ``batch`` strings (a NonTensorStack, a list or one str)."""
+    data = getattr(instruction, "tolist", lambda: instruction)()
+    if isinstance(data, str):
+        return [data] * batch
+    flat: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        else:
+            flat.append(str(item))
+    return flat * batch if len(flat) == 1 and batch != 1 else flat
 
 
 def check_policy_fits_suite(policy, suite) -> None:

@@ -39,7 +39,7 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.modules.vla import VLAWrapperBase
 
-from vla_grpo.policies.base import TokenPolicyMixin
+from vla_grpo.policies.base import TokenPolicyMixin, instruction_strings
 from vla_grpo.policies.pretrained import (
     POLICY_JSON,
     check_dims,
@@ -66,22 +66,6 @@ def _quiet_transformers():
     finally:
         if enabled:
             logging.enable_progress_bar()
-
-
-def _instruction_strings(instruction, batch: int) -> list[str]:
-    """The batch's instructions as ``batch`` strings (a NonTensorStack, a list or one str)."""
-    data = getattr(instruction, "tolist", lambda: instruction)()
-    if isinstance(data, str):
-        return [data] * batch
-    flat: list[str] = []
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
-        else:
-            flat.append(str(item))
-    return flat * batch if len(flat) == 1 and batch != 1 else flat
 
 
 class _ActionHeads(nn.Module):
@@ -305,7 +289,7 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         batch, device = image.shape[0], image.device
         patches = self.vision(pixel_values=self._pixel_values(image)).last_hidden_state
         image_tokens = self.heads.image_projector(patches)
-        ids, text_mask = self._encode_instructions(_instruction_strings(self._get_instruction(tensordict), batch),
+        ids, text_mask = self._encode_instructions(instruction_strings(self._get_instruction(tensordict), batch),
                                                    device)
         text_tokens = self.lm.get_input_embeddings()(ids)
         state = self._get_state(tensordict).reshape(batch, -1).float()

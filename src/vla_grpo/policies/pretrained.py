@@ -78,5 +78,6 @@ def write_policy_json(path: str | Path, policy: torch.nn.Module, **extra) -> Non
 
 
 def load_action_stats(policy, meta: dict) -> None:
-    """Restore the normalization bounds stored by :func:`write_policy_json`."""
+    """Restore the normalization bounds stored by :func:`write_policy_json`; the policy is now pretrained."""
     policy.set_action_stats(torch.tensor(meta["action_low"]), torch.tensor(meta["action_high"]))
+    policy.pretrained = True

@@ -1,0 +1,249 @@
+"""A small VLA that reads: a pretrained sentence encoder conditions a conv trunk (FiLM), token action head.
+
+Layout of one forward pass::
+
+    instruction --(frozen all-MiniLM-L6-v2, cached)--> pooled [384] + tokens [T, 384]
+        -> text feature t [text_dim]: the pooled embedding (``conditioning="pooled"``)
+           or attention over the token features (``"tokens"``: one learned query per block)
+    image [3, S, S] -> 4 conv blocks (GroupNorm, FiLM(t), SiLU), strides 2-2-1-2
+        -> spatial softmax keypoints (x, y per channel) + mean-pooled channels
+    state -> Linear
+    [vision, state, t] -> MLP (LayerNorm, GELU) -> logits [H, A, V]
+
+Why FiLM: the instruction decides *which* object and relation matter, so it
+has to shape the visual features, not only be concatenated after them (a
+concatenated sentence embedding read reworded instructions, but not unseen
+spatial relations or objects: docs/experiments). Why spatial softmax: the
+policy needs where things are, which global pooling throws away. The FiLM
+layers start at the identity, so an untrained policy is unconditioned.
+
+The encoder is not part of the policy's weights unless ``text_tune_layers > 0``:
+checkpoints hold the trunk only (a few MB), and a policy directory records which
+encoder to load (the packaged default, or a local path).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from torch import nn
+from torchrl.modules.vla import VLAWrapperBase
+
+from vla_grpo.policies.base import TokenPolicyMixin, instruction_strings
+from vla_grpo.policies.pretrained import (
+    check_dims,
+    load_action_stats,
+    read_policy_dir,
+    write_policy_json,
+)
+from vla_grpo.policies.text import DEFAULT_ENCODER, TextEncoder
+
+_WEIGHTS = "model.safetensors"
+_ENCODER_DIR = "text_encoder"
+CONDITIONINGS = ("pooled", "tokens")
+
+
+class FiLMBlock(nn.Module):
+    """conv -> GroupNorm -> FiLM(text) -> SiLU, with a residual when the shape is kept."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, text_dim: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
+        self.norm = nn.GroupNorm(min(8, c_out), c_out)
+        self.film = nn.Linear(text_dim, 2 * c_out)
+        nn.init.zeros_(self.film.weight)  # starts at gamma = 1, beta = 0: unconditioned
+        nn.init.zeros_(self.film.bias)
+        self.residual = c_in == c_out and stride == 1
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(text).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        y = F.silu(self.norm(self.conv(x)) * (1 + gamma) + beta)
+        return x + y if self.residual else y
+
+
+class TokenAttention(nn.Module):
+    """One learned query per block attends over the instruction's token features."""
+
+    def __init__(self, encoder_dim: int, text_dim: int, num_queries: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_queries, text_dim) * 0.02)
+        self.keys = nn.Linear(encoder_dim, text_dim)
+        self.values = nn.Linear(encoder_dim, text_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens [B, T, D]`` (zero rows = padding) -> ``[B, num_queries, text_dim]``."""
+        pad = tokens.abs().sum(-1) == 0
+        scores = torch.einsum("qd,btd->bqt", self.queries, self.keys(tokens)) / self.queries.shape[-1] ** 0.5
+        scores = scores.masked_fill(pad.unsqueeze(1), float("-inf"))
+        return torch.einsum("bqt,btd->bqd", scores.softmax(-1), self.values(tokens))
+
+
+def spatial_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Expected (x, y) in [-1, 1] of each channel's softmax over positions: ``[B, C, H, W] -> [B, 2C]``."""
+    b, c, h, w = x.shape
+    attn = x.flatten(2).softmax(-1).view(b, c, h, w)
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    return torch.cat([(attn.sum(2) * xs).sum(-1), (attn.sum(3) * ys).sum(-1)], dim=1)
+
+
+class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
+    """The CPU VLA that reads its instruction: frozen sentence encoder, FiLM-conditioned conv trunk, token head.
+
+    Args:
+        action_dim: action dimensions of the suite.
+        chunk_size: actions per decision (executed open-loop).
+        state_dim: proprio state size of the suite.
+        image_size: side of the suite's square images.
+        vocab_size: action bins per dimension.
+        hidden_dim: width of the MLP trunk.
+        channels: conv widths of the four blocks.
+        text_dim: width of the instruction feature that drives FiLM.
+        conditioning: ``"pooled"`` (FiLM from the sentence embedding) or
+            ``"tokens"`` (FiLM from attention over the encoder's token features).
+        text_encoder: a local transformers encoder directory; None: the packaged all-MiniLM-L6-v2.
+        text_tune_layers: train the encoder's top layers (0: frozen, cached per string).
+        temperature: softmax temperature for sampling *and* scoring.
+        pretrained_path: a directory from :meth:`save_pretrained` to load; its sizes win,
+            its suite dimensions must equal the configured ones.
+    """
+
+    def __init__(
+        self,
+        action_dim: int = 7,
+        chunk_size: int = 8,
+        state_dim: int = 8,
+        image_size: int = 64,
+        vocab_size: int = 32,
+        hidden_dim: int = 512,
+        channels: tuple[int, int, int, int] = (32, 64, 64, 64),
+        text_dim: int = 128,
+        conditioning: str = "pooled",
+        text_encoder: str | None = None,
+        text_tune_layers: int = 0,
+        temperature: float = 1.0,
+        pretrained_path: str | None = None,
+    ) -> None:
+        meta = None
+        if pretrained_path is not None:
+            meta = read_policy_dir(pretrained_path, type(self), (_WEIGHTS,))
+            check_dims(pretrained_path, meta, action_dim=action_dim, chunk_size=chunk_size,
+                       state_dim=state_dim, image_size=image_size)
+            vocab_size, hidden_dim, text_dim = int(meta["num_bins"]), int(meta["hidden_dim"]), int(meta["text_dim"])
+            channels, conditioning = tuple(meta["channels"]), str(meta["conditioning"])
+            text_tune_layers = int(meta["text_tune_layers"])
+            if text_encoder is None:
+                text_encoder = _stored_encoder(Path(pretrained_path), meta)
+        _check_args(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
+                    vocab_size=vocab_size, hidden_dim=hidden_dim, text_dim=text_dim)
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"`policy.conditioning` must be one of {CONDITIONINGS} (got {conditioning!r})")
+        if len(channels) != 4 or min(channels) < 1:
+            raise ValueError(f"`policy.channels` must be 4 positive widths (got {list(channels)})")
+        super().__init__(action_dim=action_dim, chunk_size=chunk_size, action_head="tokens", vocab_size=vocab_size,
+                         log_probs_mode="token", output_mode="both", return_vla_action_container=False)
+        self.state_dim, self.image_size = int(state_dim), int(image_size)
+        self.hidden_dim, self.text_dim, self.channels = int(hidden_dim), int(text_dim), tuple(int(c) for c in channels)
+        self.conditioning = conditioning
+        encoder = TextEncoder(text_encoder, tune_layers=text_tune_layers)
+        if encoder.tune_layers > 0:
+            self.text_encoder = encoder  # trained: its weights are the policy's
+        else:
+            object.__setattr__(self, "text_encoder", encoder)  # frozen: outside the state dict and optimizer
+        self._build(encoder.dim)
+        self._init_token_policy(action_dim, vocab_size, temperature)
+        if meta is not None:
+            self._load_weights(Path(pretrained_path), meta)
+
+    def _build(self, encoder_dim: int) -> None:
+        c1, c2, c3, c4 = self.channels
+        t = self.text_dim
+        self.text_proj = nn.Sequential(nn.Linear(encoder_dim, t), nn.GELU(), nn.Linear(t, t))
+        self.token_attention = TokenAttention(encoder_dim, t, 4) if self.conditioning == "tokens" else None
+        self.blocks = nn.ModuleList([FiLMBlock(3, c1, 2, t, kernel=5), FiLMBlock(c1, c2, 2, t),
+                                     FiLMBlock(c2, c3, 1, t), FiLMBlock(c3, c4, 2, t)])
+        self.state_proj = nn.Sequential(nn.Linear(self.state_dim, 64), nn.LayerNorm(64))
+        features = 3 * c4 + 64 + t
+        self.trunk = nn.Sequential(
+            nn.Linear(features, self.hidden_dim), nn.LayerNorm(self.hidden_dim), nn.GELU(),
+            nn.Linear(self.hidden_dim, self.hidden_dim), nn.GELU(),
+        )
+        self.head = nn.Linear(self.hidden_dim, self.chunk_size * self.action_dim * self.vocab_size)
+
+    # -- forward -------------------------------------------------------------------
+    def _text_features(self, strings: list[str], device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The instruction feature ``[B, t]`` and the FiLM input of each block."""
+        pooled, tokens = self.text_encoder(strings, device)
+        text = self.text_proj(pooled)
+        if self.token_attention is None:
+            return text, [text] * len(self.blocks)
+        attended = self.token_attention(tokens)  # [B, 4, t]
+        return text, [text + attended[:, i] for i in range(len(self.blocks))]
+
+    def _predict(self, tensordict: TensorDictBase) -> torch.Tensor:
+        image = self._get_image(tensordict)
+        batch_shape = image.shape[:-3]
+        image = image.reshape(-1, *image.shape[-3:])
+        x = (image.float() / 255.0 - 0.5) / 0.25 if image.dtype == torch.uint8 else image.float()
+        text, films = self._text_features(instruction_strings(self._get_instruction(tensordict), x.shape[0]),
+                                          x.device)
+        for block, film in zip(self.blocks, films, strict=True):
+            x = block(x, film)
+        vision = torch.cat([spatial_softmax(x), x.mean((2, 3))], dim=1)
+        state = self.state_proj(self._get_state(tensordict).reshape(x.shape[0], -1).float())
+        logits = self.head(self.trunk(torch.cat([vision, state, text], dim=1)))
+        return logits.reshape(*batch_shape, -1)
+
+    # -- the policy contract -------------------------------------------------------------
+    def set_token_prior(self, log_prior: torch.Tensor) -> bool:
+        """The bias of the ``[H * A * V]`` head becomes the demos' token prior."""
+        with torch.no_grad():
+            self.head.bias.copy_(log_prior.reshape(-1).to(self.head.bias))
+        return True
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``vla_policy.json`` + ``model.safetensors`` (+ the tuned encoder); returns the directory."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        # clone: the tokenizer's bounds alias action_low/high, which safetensors refuses to write
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}, path / _WEIGHTS)
+        encoder = self.text_encoder.source
+        if self.text_encoder.tune_layers > 0:  # the tuned weights are in model.safetensors; keep its tokenizer/config
+            self.text_encoder.model.save_pretrained(path / _ENCODER_DIR)
+            self.text_encoder.tokenizer.save_pretrained(path / _ENCODER_DIR)
+            encoder = _ENCODER_DIR
+        write_policy_json(path, self, hidden_dim=self.hidden_dim, text_dim=self.text_dim,
+                          channels=list(self.channels), conditioning=self.conditioning,
+                          text_tune_layers=self.text_encoder.tune_layers, text_encoder=encoder)
+        return path
+
+    def _load_weights(self, path: Path, meta: dict) -> None:
+        from safetensors.torch import load_file
+
+        try:
+            self.load_state_dict(load_file(path / _WEIGHTS))
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"`policy.pretrained_path`: {path / _WEIGHTS} does not fit "
+                             f"({str(err).strip().splitlines()[0]})") from None
+        load_action_stats(self, meta)
+
+
+def _stored_encoder(path: Path, meta: dict) -> str | None:
+    """The encoder a policy directory names: the packaged default, its own copy, or a path."""
+    source = meta.get("text_encoder", DEFAULT_ENCODER)
+    if source == DEFAULT_ENCODER:
+        return None
+    return str(path / source) if source == _ENCODER_DIR else source
+
+
+def _check_args(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"`policy.{name}` must be >= 1 (got {value})")
+
+
+__all__ = ["CONDITIONINGS", "ReadingVLAPolicy", "spatial_softmax"]
