@@ -118,7 +118,7 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         image_size: int = 64,
         vocab_size: int = 32,
         hidden_dim: int = 512,
-        channels: tuple[int, int, int, int] = (32, 64, 64, 64),
+        channels: tuple[int, int, int, int] = (16, 32, 32, 32),  # 0.7x TinyVLA's speed at batch 64; (32, 64, 64, 64): 0.3x
         text_dim: int = 128,
         conditioning: str = "pooled",
         text_encoder: str | None = None,
