@@ -5,12 +5,15 @@ A *decision* is one policy call for one sub-env: a whole action chunk of
 is built at its default (tiny) sizes for a tabletop-like suite and fed batches
 of random 128-px observations with realistic instructions::
 
-    python benchmarks/policy_speed.py                       # batch 16, 128 px, action_dim 7, chunk 8
+    python benchmarks/policy_speed.py --image-size 64 --batch 1 64 --threads 1   # the tabletop configs' sizes
     python benchmarks/policy_speed.py --batch 64 --seconds 5
-    python benchmarks/policy_speed.py --threads 1
 
-Prints one row per policy: parameters, milliseconds per batch and decisions/s
-for ``act`` (no grad, sampling at temperature 1.6) and for ``score`` + backward.
+Prints one row per policy and batch size: parameters, milliseconds per batch
+and decisions/s for ``act`` (no grad, sampling at temperature 1.6) and for
+``score`` + backward, and each policy's ``act`` decisions/s as a ratio of
+TinyVLA's at the same batch (measured side by side in one run). Policies are
+built at the tabletop configs' sizes (``CONFIG_SIZES``: 32 action bins, and
+TinyVLA's hidden 256), the HF VLA at its tiny defaults.
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ import time
 import torch
 from tensordict import NonTensorStack, TensorDict
 
-from vla_grpo.policies import POLICIES
+from vla_grpo.policies import POLICIES, ReadingVLAPolicy, TinyVLAPolicy
+
+#: the sizes conf/sft_tabletop.yaml and conf/quickstart.yaml build each policy at
+CONFIG_SIZES = {TinyVLAPolicy: dict(hidden_dim=256, vocab_size=32), ReadingVLAPolicy: dict(vocab_size=32)}
 
 INSTRUCTIONS = (
     "put the red block on the green block",
@@ -55,12 +61,12 @@ def _timed(fn, seconds: float) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def measure(cls, args: argparse.Namespace) -> dict[str, float]:
-    """Build ``cls`` at its default sizes and time ``act`` and ``score`` + backward."""
+def measure(cls, args: argparse.Namespace, batch: int) -> dict[str, float]:
+    """Build ``cls`` at its config sizes and time ``act`` and ``score`` + backward on ``batch`` observations."""
     torch.manual_seed(0)
     policy = cls(action_dim=args.action_dim, chunk_size=args.chunk, state_dim=args.state_dim,
-                 image_size=args.image_size, temperature=1.6)
-    obs = observations(args.batch, args.image_size, args.state_dim)
+                 image_size=args.image_size, temperature=1.6, **CONFIG_SIZES.get(cls, {}))
+    obs = observations(batch, args.image_size, args.state_dim)
     with torch.no_grad():
         sampled = policy.act(obs.clone())
 
@@ -77,15 +83,15 @@ def measure(cls, args: argparse.Namespace) -> dict[str, float]:
     return {
         "params": sum(p.numel() for p in policy.parameters()),
         "act_ms": act_s * 1e3,
-        "act_per_s": args.batch / act_s,
+        "act_per_s": batch / act_s,
         "update_ms": update_s * 1e3,
-        "update_per_s": args.batch / update_s,
+        "update_per_s": batch / update_s,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, nargs="+", default=[16])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--action-dim", type=int, default=7)
     parser.add_argument("--chunk", type=int, default=8)
@@ -95,15 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"batch {args.batch}, {args.image_size} px, action_dim {args.action_dim}, chunk {args.chunk}, "
+    print(f"{args.image_size} px, action_dim {args.action_dim}, chunk {args.chunk}, "
           f"{torch.get_num_threads()} threads, CPU")
-    header = f"{'policy':<16}{'params':>10}{'act ms':>10}{'act dec/s':>12}{'update ms':>12}{'update dec/s':>14}"
+    header = (f"{'policy':<18}{'batch':>6}{'params':>11}{'act ms':>9}{'act dec/s':>11}{'/ TinyVLA':>10}"
+              f"{'update ms':>11}{'update dec/s':>14}")
     print(header)
     print("-" * len(header))
-    for cls in POLICIES:
-        r = measure(cls, args)
-        print(f"{cls.__name__:<16}{r['params']:>10,}{r['act_ms']:>10.1f}{r['act_per_s']:>12.0f}"
-              f"{r['update_ms']:>12.1f}{r['update_per_s']:>14.0f}")
+    for batch in args.batch:
+        rows = {cls: measure(cls, args, batch) for cls in POLICIES}
+        tiny = rows[TinyVLAPolicy]["act_per_s"]
+        for cls, r in rows.items():
+            print(f"{cls.__name__:<18}{batch:>6}{r['params']:>11,}{r['act_ms']:>9.1f}{r['act_per_s']:>11.0f}"
+                  f"{r['act_per_s'] / tiny:>10.2f}{r['update_ms']:>11.1f}{r['update_per_s']:>14.0f}")
 
 
 if __name__ == "__main__":

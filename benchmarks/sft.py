@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nper-task greedy success, {n} demos/task:")
         for name, rate in tasks.items():
             print(f"  {name:45s} {rate:.2f}")
-    print("\n| demos/task | SFT wall time | seen (train) | unseen spatial | unseen object | unseen goal "
+    print("\n| demos/task | SFT wall time | seen (train) | paraphrase | unseen spatial | unseen object | unseen goal "
           "| seen tasks with >= 1 success |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for n, seconds, s, solved, total in rows:
-        print(f"| {n} | {seconds / 60:.1f} min | {s['train']:.2f} | {s['unseen_spatial']:.2f} "
-              f"| {s['unseen_object']:.2f} | {s['unseen_goal']:.2f} | {solved}/{total} |")
+        print(f"| {n} | {seconds / 60:.1f} min | {s['train']:.2f} | {s.get('paraphrase', float('nan')):.2f} "
+              f"| {s['unseen_spatial']:.2f} | {s['unseen_object']:.2f} | {s['unseen_goal']:.2f} | {solved}/{total} |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ Nothing outside ``policies/`` knows a model's internals.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, set_interaction_type
@@ -114,6 +116,17 @@ class TokenPolicyMixin:
         keep = (~pad)[..., None].expand_as(tokens)
         counts = torch.bincount((tokens + slot)[keep], minlength=H * A * V).float().view(H, A, V)
         return (counts + smoothing).log() - (counts + smoothing).log().mean(-1, keepdim=True)
+
+    @contextlib.contextmanager
+    def instruction_noise(self, std: float):
+        """Within the block, forwards see a perturbed instruction feature (an SFT augmentation).
+
+        Policies with a continuous instruction embedding override this; the
+        default does nothing (a hashed or tokenized instruction has no
+        neighbourhood to smooth). GRPO never enters it: sampling and scoring
+        must see the same distribution.
+        """
+        yield
 
     def set_token_prior(self, log_prior: torch.Tensor) -> bool:
         """Start the action logits at ``log_prior`` (``[H, A, V]``); False when this policy can't.

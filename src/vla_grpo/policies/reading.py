@@ -23,6 +23,7 @@ encoder to load (the packaged default, or a local path).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -147,6 +148,7 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         self.state_dim, self.image_size = int(state_dim), int(image_size)
         self.hidden_dim, self.text_dim, self.channels = int(hidden_dim), int(text_dim), tuple(int(c) for c in channels)
         self.conditioning = conditioning
+        self._noise = 0.0
         encoder = TextEncoder(text_encoder, tune_layers=text_tune_layers)
         if encoder.tune_layers > 0:
             self.text_encoder = encoder  # trained: its weights are the policy's
@@ -175,7 +177,12 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
     # -- forward -------------------------------------------------------------------
     def _text_features(self, strings: list[str], device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The instruction feature ``[B, t]`` and the FiLM input of each block."""
-        pooled, tokens = self.text_encoder(strings, device)
+        pooled, tokens = self.text_encoder(strings, device, tokens=self.token_attention is not None)
+        if self._noise > 0:
+            # isotropic noise of norm ~std on the unit sentence embedding, renormalised: rewordings sit at
+            # cosine 0.8-0.95 from the trained phrasings, so the trunk learns to map that neighbourhood alike
+            z = torch.randn_like(pooled) / pooled.shape[-1] ** 0.5
+            pooled = F.normalize(pooled + self._noise * z, dim=-1)
         text = self.text_proj(pooled)
         if self.token_attention is None:
             return text, [text] * len(self.blocks)
@@ -197,6 +204,15 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         return logits.reshape(*batch_shape, -1)
 
     # -- the policy contract -------------------------------------------------------------
+    @contextlib.contextmanager
+    def instruction_noise(self, std: float):
+        """Gaussian noise of norm ~``std`` on the sentence embedding of every forward in the block."""
+        before, self._noise = self._noise, float(std)
+        try:
+            yield
+        finally:
+            self._noise = before
+
     def set_token_prior(self, log_prior: torch.Tensor) -> bool:
         """The bias of the ``[H * A * V]`` head becomes the demos' token prior."""
         with torch.no_grad():

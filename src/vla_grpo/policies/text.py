@@ -100,22 +100,26 @@ class TextEncoder(nn.Module):
         pooled = nn.functional.normalize(tokens.sum(1) / mask.sum(1).clamp_min(1), dim=-1)
         return pooled, tokens
 
-    def forward(self, strings: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(pooled [B, D], tokens [B, T, D])`` on ``device`` (token rows past a string's end are zero)."""
+    def forward(self, strings: list[str], device: torch.device,
+                tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(pooled [B, D], tokens [B, T, D])`` on ``device`` (token rows past a string's end are zero);
+        ``tokens=False`` leaves the token features out (None)."""
         if self.tune_layers > 0:
             self.model.to(device)
-            return self._encode(strings, device)
+            pooled, feats = self._encode(strings, device)
+            return pooled, feats if tokens else None
         missing = list(dict.fromkeys(s for s in strings if s not in self._cache))
         if missing:
             if len(self._cache) + len(missing) > _CACHE_LIMIT:
                 self._cache.clear()
             with torch.no_grad():
-                pooled, tokens = self._encode(missing, torch.device("cpu"))
-            self._cache.update({s: (pooled[i], tokens[i]) for i, s in enumerate(missing)})
+                new_pooled, new_tokens = self._encode(missing, torch.device("cpu"))
+            self._cache.update({s: (new_pooled[i], new_tokens[i]) for i, s in enumerate(missing)})
         rows = [self._cache[s] for s in strings]
         pooled = torch.stack([r[0] for r in rows]).to(device, non_blocking=True)
-        tokens = torch.stack([r[1] for r in rows]).to(device, non_blocking=True)
-        return pooled, tokens
+        if not tokens:
+            return pooled, None
+        return pooled, torch.stack([r[1] for r in rows]).to(device, non_blocking=True)
 
     def train(self, mode: bool = True) -> TextEncoder:
         # the frozen part stays in eval mode (no dropout), so cached and fresh features agree
