@@ -203,7 +203,8 @@ def test_bad_demo_file_through_the_cli_is_one_error_line_and_exit_2(demo_file, t
                         f"--data.tasks={TASKS}", f"--trainer.default_root_dir={tmp_path}",
                         f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=1",
                         f"--trainer.callbacks.init_args.dirpath={tmp_path}/ckpt", "--trainer.limit_val_batches=0",
-                        f"--model.suite.init_args.image_size={SIZE}", f"--model.policy.init_args.image_size={SIZE}")
+                        f"--model.suite.init_args.image_size={SIZE}", f"--model.policy.init_args.image_size={SIZE}",
+                        "--model.policy.init_args.pretrained_path=null")
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and str(bad) in lines[0] and "action_dim=5" in lines[0], err[-2000:]
     assert "Traceback" not in err

@@ -9,13 +9,15 @@ from tests.helpers import run_cli_error
 from vla_grpo.cli import main
 
 # conf/quickstart.yaml shrunk to seconds: one seen task, 16-px images, a 3-step SFT, 1 GRPO step
-TINY_POLICY = "{action_dim: 7, chunk_size: 4, state_dim: 8, image_size: 16, hidden_dim: 16, vocab_size: 32}"
+TINY_POLICY = ("{action_dim: 7, chunk_size: 4, state_dim: 8, image_size: 16, hidden_dim: 16, vocab_size: 32, "
+               "channels: [8, 8, 8, 8], text_dim: 16}")
+NO_BASE = "--model.policy.init_args.pretrained_path=null"  # a 16-px policy can't load the 64-px base
 
 
 def _sft_args(tmp_path) -> str:
     args = ["--data.demos_per_task=1", "--data.tasks=goal/lift_mug", f"--data.cache_dir={tmp_path}/demos",
             "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
-            "--model.suite.init_args.image_size=16", f"--model.policy.init_args={TINY_POLICY}"]
+            "--model.suite.init_args.image_size=16", f"--model.policy.init_args={TINY_POLICY}", NO_BASE]
     return json.dumps(args)
 
 
@@ -23,7 +25,7 @@ def _grpo_args(tmp_path, *extra) -> list[str]:
     return ["fit", "-c", "conf/quickstart.yaml", "--trainer.max_steps=1", "--trainer.callbacks=[]",
             "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path}/grpo", f"--trainer.logger.init_args.save_dir={tmp_path}/grpo",
-            "--model.suite.init_args.image_size=16", f"--model.policy.init_args={TINY_POLICY}",
+            "--model.suite.init_args.image_size=16", f"--model.policy.init_args={TINY_POLICY}", NO_BASE,
             "--model.num_workers=1", "--model.prompts_per_round=1", "--model.groups_per_step=1",
             "--model.max_rollout_rounds=1", "--model.group_size=2", "--model.eval_states_per_task=1",
             f"--model.sft.init_args.root_dir={tmp_path}/sft", *extra]

@@ -44,6 +44,7 @@ from vla_grpo.policies.pretrained import (
     POLICY_JSON,
     check_dims,
     load_action_stats,
+    optional_path,
     read_policy_dir,
     write_policy_json,
 )
@@ -170,6 +171,7 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
                      max_instruction_tokens=max_instruction_tokens)
         if num_bins < 2:
             raise ValueError(f"`policy.num_bins` must be >= 2 (got {num_bins})")
+        pretrained_path = optional_path(pretrained_path)
         meta = None if pretrained_path is None else read_policy_dir(pretrained_path, type(self), _FILES)
         super().__init__(
             action_dim=action_dim, chunk_size=chunk_size, action_head="tokens",

@@ -19,6 +19,17 @@ FORMAT_VERSION = 1
 SUITE_DIMS = ("action_dim", "chunk_size", "state_dim", "image_size")
 
 
+def optional_path(value: str | None) -> str | None:
+    """``value``, or None for the string ``"None"``.
+
+    Why: jsonargparse 4.53 under LightningCLI turns ``--model.policy.init_args.pretrained_path=null``
+    (a ``str | None`` argument of a nested subclass) into the string ``"None"``;
+    ``tests/test_cli.py::test_jsonargparse_still_turns_a_nested_null_into_the_string_none``
+    tells when it stops, and this can go.
+    """
+    return None if value == "None" else value
+
+
 def _expected(cls: type) -> str:
     return f"a directory written by {cls.__name__}.save_pretrained"
 

@@ -36,6 +36,7 @@ from vla_grpo.policies.base import TokenPolicyMixin, instruction_strings
 from vla_grpo.policies.pretrained import (
     check_dims,
     load_action_stats,
+    optional_path,
     read_policy_dir,
     write_policy_json,
 )
@@ -127,6 +128,8 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         temperature: float = 1.0,
         pretrained_path: str | None = None,
     ) -> None:
+        pretrained_path = optional_path(pretrained_path)
+        text_encoder = optional_path(text_encoder)
         meta = None
         if pretrained_path is not None:
             meta = read_policy_dir(pretrained_path, type(self), (_WEIGHTS,))

@@ -11,6 +11,7 @@ from vla_grpo.policies.base import TokenPolicyMixin
 from vla_grpo.policies.pretrained import (
     check_dims,
     load_action_stats,
+    optional_path,
     read_policy_dir,
     write_policy_json,
 )
@@ -44,6 +45,7 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         temperature: float = 1.0,
         pretrained_path: str | None = None,
     ) -> None:
+        pretrained_path = optional_path(pretrained_path)
         meta = None
         if pretrained_path is not None:
             meta = read_policy_dir(pretrained_path, type(self), (_WEIGHTS,))
