@@ -14,6 +14,8 @@ Variants:
 * ``temperature_1``: rollout temperature 1.0;
 * ``thompson``: prompts by Thompson sampling over tasks instead of the success-aware weights;
 * ``zero_demo``: GRPO from the untrained policy (SFT on 0 demos);
+* ``hashed_tinyvla``: the whole recipe with TorchRL's TinyVLA (the instruction hashed to one
+  of 256 embeddings, no pretrained base) in place of the reading policy (its own SFT stage);
 * ``extra_demos``: no RL: SFT on ``--extra-demos`` demos per task instead, evaluated
   on the same episodes (compare on the unseen splits).
 
@@ -48,9 +50,15 @@ VARIANTS = {
     "temperature_1": ["--model.rollout_temperature=1.0"],
     "thompson": ["--model.prompt_sampling=thompson"],
     "zero_demo": [],
+    "hashed_tinyvla": [],
     "extra_demos": [],
 }
-SPLITS = ("train", "unseen_spatial", "unseen_object", "unseen_goal")
+#: the policy of the hashed-instruction ablation, for its SFT stage and its GRPO run
+HASHED_POLICY = ["--model.policy=vla_grpo.policies.TinyVLAPolicy", "--model.policy.init_args.hidden_dim=256",
+                 "--model.policy.init_args.pretrained_path=null"]
+#: its SFT learning rate (from scratch; the reading policy's SFT starts from the base at 1e-3)
+HASHED_SFT = [*HASHED_POLICY, "--model.lr=0.002"]
+SPLITS = ("train", "paraphrase", "unseen_spatial", "unseen_object", "unseen_goal")
 
 
 def _run(cmd: list[str], log: Path) -> float:
@@ -70,8 +78,8 @@ def _config_sft_args() -> list[str]:
     return list(conf["model"]["init_args"]["sft"]["init_args"].get("args") or [])
 
 
-def _sft_root(out: Path, demos: int, seed: int) -> Path:
-    return out / f"sft{demos}_seed{seed}"
+def _sft_root(out: Path, demos: int, seed: int, tag: str = "") -> Path:
+    return out / f"sft{demos}{tag}_seed{seed}"
 
 
 def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra_demos: int) -> float:
@@ -86,14 +94,16 @@ def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra
                "--trainer.enable_progress_bar=false"]
         return _run(cmd, run / "log.txt")
     demos = 0 if variant == "zero_demo" else 1
+    hashed = variant == "hashed_tinyvla"
     # the config's own SFT-stage arguments (suite cut, steps, ...), then ours (later ones win)
     sft_args = [*_config_sft_args(), f"--seed_everything={seed}", f"--data.demos_per_task={demos}",
-                "--trainer.enable_progress_bar=false"]
+                "--trainer.enable_progress_bar=false", *(HASHED_SFT if hashed else [])]
+    sft_root = _sft_root(out, demos, seed, "_hashed" if hashed else "")
     cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", CONFIG, f"--seed_everything={seed}",
            f"--model.seed={seed}", f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
-           f"--model.sft.init_args.root_dir={_sft_root(out, demos, seed)}",
+           f"--model.sft.init_args.root_dir={sft_root}",
            f"--model.sft.init_args.args={json.dumps(sft_args)}", "--trainer.enable_progress_bar=false",
-           *VARIANTS[variant]]
+           *VARIANTS[variant], *(HASHED_POLICY if hashed else [])]
     if max_steps is not None:
         cmd.append(f"--trainer.max_steps={max_steps}")
     return _run(cmd, run / "log.txt")
@@ -127,8 +137,8 @@ def _mean_range(values: list[float]) -> str:
 
 
 def report(results: dict, seeds: list[int], out: Path) -> str:
-    lines = ["| variant | seeds | seen before | seen after | seen gain | unseen spatial | unseen object | unseen goal |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | seeds | seen before | seen after | seen gain | paraphrase | unseen spatial | unseen object "
+             "| unseen goal |", "|---|---|---|---|---|---|---|---|---|"]
     for variant, runs in results.items():
         runs = [r for r in runs.values() if r is not None]
         if not runs:
