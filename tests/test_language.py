@@ -199,3 +199,25 @@ def test_instruction_noise_is_only_inside_its_block():
         noisy = policy._predict(td)
     assert not torch.allclose(clean, noisy)
     torch.testing.assert_close(policy._predict(td), clean)  # off again after the block
+
+
+def test_a_policy_with_a_local_encoder_carries_a_copy_of_it(tmp_path):
+    """Loadable on another machine: a non-default encoder directory is copied into the policy directory."""
+    import shutil
+
+    from vla_grpo.policies.text import resolve_encoder_path
+
+    local = tmp_path / "my_encoder"
+    shutil.copytree(resolve_encoder_path(None), local)
+    sizes = dict(action_dim=2, chunk_size=2, state_dim=3, image_size=16, hidden_dim=16, channels=(4, 4, 4, 4),
+                 text_dim=8)
+    torch.manual_seed(0)
+    policy = ReadingVLAPolicy(text_encoder=str(local), **sizes)
+    saved = policy.save_pretrained(tmp_path / "policy")
+    shutil.rmtree(local)  # "another machine": the original directory is gone
+    again = ReadingVLAPolicy(pretrained_path=str(saved), **{k: sizes[k] for k in ("action_dim", "chunk_size",
+                                                                                   "state_dim", "image_size")})
+    td = TensorDict({"observation": {"image": torch.zeros(2, 3, 16, 16, dtype=torch.uint8),
+                                     "state": torch.zeros(2, 3)},
+                     "language_instruction": NonTensorStack("pick up the mug", "push the plate")}, batch_size=[2])
+    torch.testing.assert_close(again._predict(td), policy._predict(td))

@@ -231,7 +231,9 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         # clone: the tokenizer's bounds alias action_low/high, which safetensors refuses to write
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}, path / _WEIGHTS)
         encoder = self.text_encoder.source
-        if self.text_encoder.tune_layers > 0:  # the tuned weights are in model.safetensors; keep its tokenizer/config
+        if encoder != DEFAULT_ENCODER or self.text_encoder.tune_layers > 0:
+            # a local encoder directory may not exist on another machine, and a tuned one is ours: copy it
+            # (the packaged default is referenced: every install has it)
             self.text_encoder.model.save_pretrained(path / _ENCODER_DIR)
             self.text_encoder.tokenizer.save_pretrained(path / _ENCODER_DIR)
             encoder = _ENCODER_DIR
