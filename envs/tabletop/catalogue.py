@@ -26,6 +26,7 @@ import zlib
 import numpy as np
 
 from ..base import TaskSpec
+from .layouts import AnchoredLayout, LaneLayout
 from .phrasing import phrasings
 from .scene import SceneObject
 from .tasks import (
@@ -40,9 +41,7 @@ from .tasks import (
     SPATIAL_OBJECTS,
     SPATIAL_RELATIONS,
     UNSEEN_GROCERIES,
-    AnchoredLayout,
     Goal,
-    LaneLayout,
     TabletopTask,
 )
 

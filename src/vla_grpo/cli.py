@@ -48,6 +48,13 @@ class StepBudgetProgressBar(RichProgressBar):
         steps = f" (step {trainer.global_step}/{trainer.max_steps})" if trainer.max_steps > 0 else ""
         return f"Epoch {current_epoch}{steps}"
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # the step count moves within an epoch (GRPO's one endless epoch): refresh it, not only at epoch start
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id,
+                                 description=self._get_train_description(trainer.current_epoch))
+
 
 class VLACLI(LightningCLI):
     """LightningCLI in subclass mode, so ``model:`` picks GRPO or SFT by ``class_path``."""

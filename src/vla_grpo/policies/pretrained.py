@@ -62,6 +62,17 @@ def read_policy_dir(path: str | Path, cls: type, files: tuple[str, ...]) -> dict
     return meta
 
 
+def open_policy_dir(path: str | None, cls: type, **dims: int) -> dict | None:
+    """The json of a ``cls`` directory holding :data:`WEIGHTS_FILE` whose suite ``dims`` equal the configured
+    ones; None when ``path`` is None (or jsonargparse's ``"None"``)."""
+    path = optional_path(path)
+    if path is None:
+        return None
+    meta = read_policy_dir(path, cls, (WEIGHTS_FILE,))
+    check_dims(path, meta, **dims)
+    return meta
+
+
 def check_dims(path: str | Path, meta: dict, **configured: int) -> None:
     """One-line ``ValueError`` when the directory's dimensions differ from the configured ones."""
     for name, want in configured.items():
@@ -86,6 +97,30 @@ def write_policy_json(path: str | Path, policy: torch.nn.Module, **extra) -> Non
         **extra,
     }
     (Path(path) / POLICY_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+#: the weights file of policies whose whole state dict is theirs (TinyVLA, the reading VLA)
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_state(policy: torch.nn.Module, path: Path) -> None:
+    """``policy``'s state dict (weights and action stats) as ``path / WEIGHTS_FILE``."""
+    from safetensors.torch import save_file
+
+    # clone: the tokenizer's bounds alias action_low/high, which safetensors refuses to write
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in policy.state_dict().items()}, path / WEIGHTS_FILE)
+
+
+def load_state(policy: torch.nn.Module, path: Path, meta: dict) -> None:
+    """Load ``path / WEIGHTS_FILE`` strictly (one line naming the file when it does not fit), then the stats."""
+    from safetensors.torch import load_file
+
+    try:
+        policy.load_state_dict(load_file(path / WEIGHTS_FILE))
+    except (RuntimeError, OSError) as err:
+        raise ValueError(f"`policy.pretrained_path`: {path / WEIGHTS_FILE} does not fit "
+                         f"({str(err).strip().splitlines()[0]})") from None
+    load_action_stats(policy, meta)
 
 
 def load_action_stats(policy, meta: dict) -> None:

@@ -34,15 +34,14 @@ from torchrl.modules.vla import VLAWrapperBase
 
 from vla_grpo.policies.base import TokenPolicyMixin, instruction_strings
 from vla_grpo.policies.pretrained import (
-    check_dims,
-    load_action_stats,
+    load_state,
+    open_policy_dir,
     optional_path,
-    read_policy_dir,
+    save_state,
     write_policy_json,
 )
 from vla_grpo.policies.text import DEFAULT_ENCODER, TextEncoder
 
-_WEIGHTS = "model.safetensors"
 _ENCODER_DIR = "text_encoder"
 CONDITIONINGS = ("pooled", "tokens")
 
@@ -130,11 +129,9 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
     ) -> None:
         pretrained_path = optional_path(pretrained_path)
         text_encoder = optional_path(text_encoder)
-        meta = None
-        if pretrained_path is not None:
-            meta = read_policy_dir(pretrained_path, type(self), (_WEIGHTS,))
-            check_dims(pretrained_path, meta, action_dim=action_dim, chunk_size=chunk_size,
-                       state_dim=state_dim, image_size=image_size)
+        meta = open_policy_dir(pretrained_path, type(self), action_dim=action_dim, chunk_size=chunk_size,
+                               state_dim=state_dim, image_size=image_size)
+        if meta is not None:
             vocab_size, hidden_dim, text_dim = int(meta["num_bins"]), int(meta["hidden_dim"]), int(meta["text_dim"])
             channels, conditioning = tuple(meta["channels"]), str(meta["conditioning"])
             text_tune_layers = int(meta["text_tune_layers"])
@@ -160,7 +157,7 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         self._build(encoder.dim)
         self._init_token_policy(action_dim, vocab_size, temperature)
         if meta is not None:
-            self._load_weights(Path(pretrained_path), meta)
+            load_state(self, Path(pretrained_path), meta)
 
     def _build(self, encoder_dim: int) -> None:
         c1, c2, c3, c4 = self.channels
@@ -224,12 +221,9 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``vla_policy.json`` + ``model.safetensors`` (+ the tuned encoder); returns the directory."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        # clone: the tokenizer's bounds alias action_low/high, which safetensors refuses to write
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}, path / _WEIGHTS)
+        save_state(self, path)
         encoder = self.text_encoder.source
         if encoder != DEFAULT_ENCODER or self.text_encoder.tune_layers > 0:
             # a local encoder directory may not exist on another machine, and a tuned one is ours: copy it
@@ -242,15 +236,6 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
                           text_tune_layers=self.text_encoder.tune_layers, text_encoder=encoder)
         return path
 
-    def _load_weights(self, path: Path, meta: dict) -> None:
-        from safetensors.torch import load_file
-
-        try:
-            self.load_state_dict(load_file(path / _WEIGHTS))
-        except (RuntimeError, OSError) as err:
-            raise ValueError(f"`policy.pretrained_path`: {path / _WEIGHTS} does not fit "
-                             f"({str(err).strip().splitlines()[0]})") from None
-        load_action_stats(self, meta)
 
 
 def _stored_encoder(path: Path, meta: dict) -> str | None:

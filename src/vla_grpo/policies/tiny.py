@@ -9,14 +9,12 @@ from torchrl.modules.vla import TinyVLA
 
 from vla_grpo.policies.base import TokenPolicyMixin
 from vla_grpo.policies.pretrained import (
-    check_dims,
-    load_action_stats,
+    load_state,
+    open_policy_dir,
     optional_path,
-    read_policy_dir,
+    save_state,
     write_policy_json,
 )
-
-_WEIGHTS = "model.safetensors"
 
 
 class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
@@ -46,11 +44,9 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         pretrained_path: str | None = None,
     ) -> None:
         pretrained_path = optional_path(pretrained_path)
-        meta = None
-        if pretrained_path is not None:
-            meta = read_policy_dir(pretrained_path, type(self), (_WEIGHTS,))
-            check_dims(pretrained_path, meta, action_dim=action_dim, chunk_size=chunk_size,
-                       state_dim=state_dim, image_size=image_size)
+        meta = open_policy_dir(pretrained_path, type(self), action_dim=action_dim, chunk_size=chunk_size,
+                               state_dim=state_dim, image_size=image_size)
+        if meta is not None:
             hidden_dim, vocab_size = int(meta["hidden_dim"]), int(meta["num_bins"])
         for name, value in (("action_dim", action_dim), ("chunk_size", chunk_size),
                             ("state_dim", state_dim), ("image_size", image_size),
@@ -72,29 +68,16 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         self._init_token_policy(action_dim, vocab_size, temperature)
         self._materialize()
         if meta is not None:
-            self._load_weights(Path(pretrained_path), meta)
+            load_state(self, Path(pretrained_path), meta)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``vla_policy.json`` + ``model.safetensors`` (weights and action stats); returns the directory."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        # clone: the tokenizer's bounds alias action_low/high, which safetensors refuses to write
-        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
-        save_file(state, path / _WEIGHTS)
+        save_state(self, path)
         write_policy_json(path, self, hidden_dim=self.hidden_dim)
         return path
 
-    def _load_weights(self, path: Path, meta: dict) -> None:
-        from safetensors.torch import load_file
-
-        try:
-            self.load_state_dict(load_file(path / _WEIGHTS))
-        except (RuntimeError, OSError) as err:
-            raise ValueError(f"`policy.pretrained_path`: {path / _WEIGHTS} does not fit "
-                             f"({str(err).strip().splitlines()[0]})") from None
-        load_action_stats(self, meta)
 
     def set_token_prior(self, log_prior: torch.Tensor) -> bool:
         """The bias of TinyVLA's ``[H * A * V]`` output layer (``head``) becomes the prior."""
