@@ -169,6 +169,21 @@ def test_only_mixed_groups_reach_the_buffer_and_surplus_is_kept():
     assert buf.pop_groups(1) is None
 
 
+def test_popped_groups_carry_their_instructions_and_dropped_ones_are_forgotten():
+    buf = DynamicSamplingBuffer(group_size=2)
+    asked = {0: "pick up the mug", 1: "lift the mug", 2: "push the plate to the front", 3: "push the plate forward"}
+    outcomes = {0: (0, 0), 1: (1, 0)}  # group 0 is dropped (all fail), group 1 kept
+    trajs = [make_trajectory(group_id=g, traj_id=2 * g + i, length=2, success=bool(r))
+             for g, rs in outcomes.items() for i, r in enumerate(rs)]
+    buf.extend(trajs, [asked[i] for i in range(4)])
+    assert buf.num_groups == 1
+    assert set(buf._instructions) == {2, 3}  # the dropped group's are gone already
+    rows = buf.pop_groups(1)
+    by_traj = dict(zip(rows["trajectory_id"].view(-1).tolist(), list(rows.get("language_instruction").tolist()), strict=True))
+    assert by_traj == {2: asked[2], 3: asked[3]}
+    assert not buf._instructions and not buf._open
+
+
 def _discarded_fraction(sampler, true_p: dict, rounds: int = 300, G: int = 8) -> float:
     gen = torch.Generator().manual_seed(1)
     discarded = 0

@@ -124,7 +124,9 @@ class DynamicSamplingBuffer:
         self.buffer = TensorDictReplayBuffer(
             storage=LazyTensorStorage(capacity), transform=self.transform
         )
-        self._instructions: dict[int, str] = {}  # trajectory id -> instruction, until its group is popped
+        self.group_size = group_size
+        self._instructions: dict[int, str] = {}  # trajectory id -> instruction, until its group is popped or dropped
+        self._open: dict[int, list[int]] = {}  # group id -> its trajectory ids so far, until the group is complete
         self._surplus: list[TensorDict] = []
 
     def extend(self, trajectories: list[TensorDict], instructions: Sequence[str] | None = None) -> None:
@@ -135,19 +137,25 @@ class DynamicSamplingBuffer:
             for traj, text in zip(trajectories, instructions, strict=True):
                 self._instructions[int(traj.get(TRAJ_ID_KEY)[0])] = text
         for traj in trajectories:
+            self._open.setdefault(int(traj.get(GROUP_ID_KEY)[0]), []).append(int(traj.get(TRAJ_ID_KEY)[0]))
             self.buffer.extend(traj)
 
     def _drain(self) -> None:
-        """Move what the transform wrote into the per-group surplus list."""
-        if len(self.buffer) == 0:
-            return
-        rows = self.buffer[:]
-        rows = rows.exclude("index") if "index" in rows.keys() else rows
-        self.buffer.empty()
-        gids = rows.get(GROUP_ID_KEY).view(-1)
-        for gid in torch.unique_consecutive(gids).tolist():
-            group = rows[gids == gid]
-            self._surplus.append(_with_group_std(group))
+        """Move what the transform wrote into the per-group surplus list; forget the dropped groups' instructions."""
+        kept: set[int] = set()
+        if len(self.buffer) > 0:
+            rows = self.buffer[:]
+            rows = rows.exclude("index") if "index" in rows.keys() else rows
+            self.buffer.empty()
+            gids = rows.get(GROUP_ID_KEY).view(-1)
+            for gid in torch.unique_consecutive(gids).tolist():
+                self._surplus.append(_with_group_std(rows[gids == gid]))
+                kept.add(gid)
+        for gid in [g for g, members in self._open.items() if len(members) >= self.group_size]:
+            members = self._open.pop(gid)
+            if gid not in kept:  # dropped by dynamic sampling: its instructions are never asked for
+                for tid in members:
+                    self._instructions.pop(tid, None)
 
     @property
     def num_groups(self) -> int:
