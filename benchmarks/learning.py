@@ -125,6 +125,7 @@ def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | Non
         "after": {s: v[-1][1] for s, v in evals.items()},
         "eval_steps": [step for step, _ in evals["train"]],
         "eval_curve": evals["train"],
+        "split_curves": evals,
         "curve": scalars.get("rollout/success_rate", []),
     }
 
@@ -155,6 +156,7 @@ def report(results: dict, seeds: list[int], out: Path) -> str:
     table = "\n".join(lines)
     (out / "learning.json").write_text(json.dumps(results, indent=1))
     _plot(results, out / "learning_curve.png")
+    _plot_splits(results, out / "unseen_curves.png")
     return table
 
 
@@ -199,6 +201,43 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_splits(results: dict, path: Path, rl: str = "full", demos: str = "extra_demos") -> None:
+    """The paper's Figure 4 on our suite: each held-out split's greedy success against GRPO step (``rl``,
+    mean and min-max over seeds), with the more-demos arm's (``demos``) end point as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = SPLITS[1:]
+    fig, axes = plt.subplots(1, len(splits), figsize=(4 * len(splits), 3.6), sharey=True)
+    rl_runs = [r for r in results.get(rl, {}).values() if r is not None]
+    demo_runs = [r for r in results.get(demos, {}).values() if r is not None]
+    for ax, split in zip(axes, splits, strict=True):
+        curves = [r["split_curves"][split] for r in rl_runs if len(r.get("split_curves", {}).get(split, [])) > 1]
+        if curves:
+            n = min(len(c) for c in curves)
+            steps = [c[i][0] for c in curves[:1] for i in range(n)]
+            cols = [[c[i][1] for c in curves] for i in range(n)]
+            mean = [sum(c) / len(c) for c in cols]
+            ax.plot(steps, mean, marker="o", label=f"1-demo SFT + GRPO ({len(curves)} seeds)")
+            ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], alpha=0.2)
+        ends = [r["after"][split] for r in demo_runs]
+        if ends:
+            ax.axhline(sum(ends) / len(ends), color="tab:red", linestyle="--",
+                       label=f"SFT on more demos ({len(ends)} seeds)")
+            ax.axhspan(min(ends), max(ends), color="tab:red", alpha=0.08)
+        ax.set_title(split)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("greedy success")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -220,7 +259,7 @@ def main() -> None:
                 done = read_run(variant, seed, args.out, args.extra_demos)
             results[variant][seed] = done
     print(report(results, args.seeds, args.out))
-    print(f"curve: {args.out / 'learning_curve.png'}")
+    print(f"curves: {args.out / 'learning_curve.png'}, {args.out / 'unseen_curves.png'}")
 
 
 if __name__ == "__main__":
