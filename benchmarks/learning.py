@@ -120,8 +120,21 @@ def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | Non
         return None
     if variant != "extra_demos" and len(evals["train"]) < 2:  # GRPO evaluates at its start and end: still running
         return None
+    before = {s: v[0][1] for s, v in evals.items()}
+    # per task: eval/<split>/<family>/<task> -> (first, last)
+    tasks = {k.removeprefix("eval/"): (v[0][1], v[-1][1]) for k, v in scalars.items()
+             if k.startswith("eval/") and k.count("/") == 3 and v}
+    if variant == "extra_demos":
+        # arm (b) of the paper's Figure 4 starts where arm (a) does: its gain is measured from the
+        # same seed's 1-demo SFT checkpoint (the ``full`` run's step-0 eval, same episodes)
+        start = read_run("full", seed, out, extra_demos)
+        if start is None:
+            return None
+        before = start["before"]
+        tasks = {k: (start["tasks"][k][0], last) for k, (_, last) in tasks.items() if k in start["tasks"]}
     return {
-        "before": {s: v[0][1] for s, v in evals.items()},
+        "before": before,
+        "tasks": tasks,
         "after": {s: v[-1][1] for s, v in evals.items()},
         "eval_steps": [step for step, _ in evals["train"]],
         "eval_curve": evals["train"],
@@ -153,11 +166,87 @@ def report(results: dict, seeds: list[int], out: Path) -> str:
         lines.append(f"| {variant} | {len(runs)} | {_mean_range([r['before']['train'] for r in runs])} | "
                      f"{_mean_range([r['after']['train'] for r in runs])} | {_mean_range(gain)} | "
                      + " | ".join(unseen) + " |")
-    table = "\n".join(lines)
+    table = "\n\n".join(t for t in ("\n".join(lines), paired_report(results), per_task_report(results)) if t)
     (out / "learning.json").write_text(json.dumps(results, indent=1))
     _plot(results, out / "learning_curve.png")
     _plot_splits(results, out / "unseen_curves.png")
     return table
+
+
+def _unseen_gain(run: dict) -> float:
+    """Mean gain over the three unseen splits (from the run's start to its end)."""
+    splits = [s for s in SPLITS if s.startswith("unseen")]
+    return sum(run["after"][s] - run["before"][s] for s in splits) / len(splits)
+
+
+def _interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its two-sided 95% Student-t interval (scipy comes with robosuite)."""
+    from scipy import stats
+
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    sem = stats.sem(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * sem if sem > 0 else 0.0
+    return mean, mean - half, mean + half
+
+
+def _seeds_to_separate(diffs: list[float]) -> str:
+    """Paired seeds for a two-sided 5% test with 80% power to see the observed mean difference,
+    taking the observed spread of the differences as true (normal approximation)."""
+    import math
+    import statistics
+
+    if len(diffs) < 2:
+        return "-"
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if mean == 0:
+        return "never (no difference)"
+    z = statistics.NormalDist().inv_cdf
+    return str(max(2, math.ceil(((z(0.975) + z(0.8)) * sd / abs(mean)) ** 2)))
+
+
+def paired_report(results: dict, reference: str = "full") -> str:
+    """Each variant against the full recipe, paired by seed (same SFT start, same eval episodes):
+    the 95% interval of the difference and the seeds it would take to separate it."""
+    ref = {seed: r for seed, r in results.get(reference, {}).items() if r is not None}
+    if len(ref) < 2:
+        return ""
+    fmt = "{:+.2f} [{:+.2f}, {:+.2f}]".format
+    gain = _interval([r["after"]["train"] - r["before"]["train"] for r in ref.values()])
+    unseen = _interval([_unseen_gain(r) for r in ref.values()])
+    lines = [f"{reference} ({len(ref)} seeds): seen gain {fmt(*gain)}, mean unseen gain {fmt(*unseen)} (95% t-interval)",
+             "", f"| variant | seeds paired with {reference} | seen after − {reference} | mean unseen gain − {reference} "
+             "| seeds to separate (seen, unseen) |", "|---|---|---|---|---|"]
+    for variant, runs in results.items():
+        pairs = [(runs[s], ref[s]) for s in ref if variant != reference and runs.get(s) is not None]
+        if len(pairs) < 2:
+            continue
+        seen = [a["after"]["train"] - b["after"]["train"] for a, b in pairs]
+        gains = [_unseen_gain(a) - _unseen_gain(b) for a, b in pairs]
+        lines.append(f"| {variant} | {len(pairs)} | {fmt(*_interval(seen))} | {fmt(*_interval(gains))} | "
+                     f"{_seeds_to_separate(seen)}, {_seeds_to_separate(gains)} |")
+    return "\n".join(lines)
+
+
+def per_task_report(results: dict, rl: str = "full", demos: str = "extra_demos") -> str:
+    """Each held-out task: success at the 1-demo start, after GRPO (``rl``) and after SFT on more
+    demos (``demos``), mean over seeds: which unseen tasks move and which never do."""
+    rl_runs = [r for r in results.get(rl, {}).values() if r is not None and "tasks" in r]
+    demo_runs = [r for r in results.get(demos, {}).values() if r is not None and "tasks" in r]
+    if not rl_runs:
+        return ""
+    def mean(xs: list[float]) -> str:
+        return f"{sum(xs) / len(xs):.2f}" if xs else "-"
+
+    lines = [f"| held-out task | 1-demo SFT | + GRPO ({len(rl_runs)} seeds) | more demos ({len(demo_runs)} seeds) |",
+             "|---|---|---|---|"]
+    for key in sorted(k for k in rl_runs[0]["tasks"] if not k.startswith("train/")):
+        start = mean([r["tasks"][key][0] for r in rl_runs if key in r["tasks"]])
+        after = mean([r["tasks"][key][1] for r in rl_runs if key in r["tasks"]])
+        more = mean([r["tasks"][key][1] for r in demo_runs if key in r["tasks"]])
+        lines.append(f"| {key} | {start} | {after} | {more} |")
+    return "\n".join(lines)
 
 
 def _plot(results: dict, path: Path) -> None:

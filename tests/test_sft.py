@@ -11,6 +11,7 @@ import torch
 from tensordict import TensorDict
 
 from tests.helpers import run_cli_error
+from vla_grpo.callbacks import SplitEvaluation
 from vla_grpo.data import (
     PAD_KEY,
     DemoDataModule,
@@ -107,7 +108,8 @@ def _fit(suite, root, demo_file, *, demos_per_task=1, max_steps=60, validate=Fal
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0,
                                                save_on_train_epoch_end=True)
     trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[ckpt, Record()], num_sanity_val_steps=0,
+                        enable_model_summary=False,
+                        callbacks=[SplitEvaluation(at_fit_start=False, at_fit_end=False), ckpt, Record()], num_sanity_val_steps=0,
                         limit_val_batches=1.0 if validate else 0, val_check_interval=max_steps if validate else None,
                         check_val_every_n_epoch=None if validate else 1, default_root_dir=root)
     trainer.fit(module, datamodule=data)
@@ -138,7 +140,13 @@ def test_bc_loss_falls_and_eval_is_logged(fitted):
     assert len(losses) == 60
     # the head starts at the demos' token marginals, so what falls is the observation-dependent part
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])
-    assert "eval/unseen_goal/success" in trainer.callback_metrics
+    metrics = trainer.callback_metrics
+    assert "eval/unseen_goal/success" in metrics
+    # the val loop's per-episode outcomes reach SplitEvaluation's per-task rows (no second rollout)
+    split_eval = next(cb for cb in trainer.callbacks if isinstance(cb, SplitEvaluation))
+    assert len(split_eval.results) == 1
+    rates = split_eval.last.task_success()["unseen_goal"]
+    assert len(rates) == 3 and np.mean(list(rates.values())) == pytest.approx(float(metrics["eval/unseen_goal/success"]))
 
 
 def test_action_stats_are_the_demos_q01_q99(fitted, demo_file):

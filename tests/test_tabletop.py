@@ -317,3 +317,29 @@ def test_seen_per_family_keeps_the_first_seen_tasks_and_every_unseen_one(suite):
     assert small.task(i).init_layout(3) == suite.task(suite.task_index("goal/push_plate_front")).init_layout(3)
     with pytest.raises(ValueError, match="`seen_per_family` must be in 1..6"):
         TabletopSuite(seen_per_family=0)
+
+
+def test_diagnose_sorts_episodes_by_what_the_hand_did(suite):
+    from vla_grpo.envs.tabletop.diagnose import _outcome, diagnose
+    from vla_grpo.policies.tiny import TinyVLAPolicy
+
+    task = suite.task_index("spatial/behind_mug")  # unseen_spatial
+    env = suite.make_env(1, chunk_size=8)
+    td = env.reset(prompts([task], [0]))
+    sim = env.sims[0]
+    start = {o.key: sim.pos(o.key) for o in sim.task.objects}
+    assert _outcome(sim, start, None, False) == "nothing"  # nothing done yet
+    grasped = None
+    while not td["done"].any():
+        td = env.step(td.set("action", env.expert_chunk()))["next"]
+        grasped = grasped or sim.attached
+    assert grasped == sim.task.goal.obj and _outcome(sim, start, grasped, bool(td["success"][0])) == "success"
+    assert _outcome(sim, start, grasped, False) == "right object, not placed"
+    other = next(o.key for o in sim.task.objects if o.key != sim.task.goal.obj)
+    assert _outcome(sim, start, other, False).startswith(f"took {other}")
+    env.close()
+    # a real (untrained) policy: every episode is sorted into exactly one outcome
+    policy = TinyVLAPolicy(action_dim=7, chunk_size=8, state_dim=suite.state_dim, image_size=suite.image_size,
+                           hidden_dim=32)
+    counts = diagnose(suite, policy, [task], 2, chunk_size=8, num_envs=2)
+    assert sum(counts[task].values()) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from vla_grpo.envs.base import Suite
@@ -99,9 +100,15 @@ def split_counts(items: list[EvalItem], success: list[bool]) -> dict[str, tuple[
     return results
 
 
-def evaluate_prompts(rollout: GroupedRollout, policy, items: list[EvalItem]) -> dict[str, tuple[float, int]]:
-    """``{split: (successes, episodes)}`` of greedy episodes for ``items``."""
-    return split_counts(items, greedy_success(rollout, policy, items))
+def greedy_validation_step(module: L.LightningModule, items: list[EvalItem]) -> dict[str, list[bool]]:
+    """The GRPO and SFT modules' ``validation_step``: greedy episodes for ``items`` on
+    ``module.rollout``, ``eval/<split>/success`` logged (all-reduced across ranks), and each
+    episode's outcome returned for the per-task tables of :class:`vla_grpo.callbacks.SplitEvaluation`."""
+    success = greedy_success(module.rollout, module.policy, items)
+    for split, (succ, count) in split_counts(items, success).items():
+        module.log(f"eval/{split}/success", succ / count, batch_size=count, on_step=False, on_epoch=True,
+                   sync_dist=True)
+    return {"success": success}
 
 
 def per_task_success(suite: Suite, items: list[EvalItem], success: list[bool]) -> dict[str, float]:
@@ -117,6 +124,6 @@ def per_task_success(suite: Suite, items: list[EvalItem], success: list[bool]) -
 
 
 __all__ = [
-    "EvalItem", "EvalPrompts", "EvalSpec", "evaluate_items", "evaluate_prompts", "greedy_success",
+    "EvalItem", "EvalPrompts", "EvalSpec", "evaluate_items", "greedy_success", "greedy_validation_step",
     "per_task_success", "split_counts",
 ]

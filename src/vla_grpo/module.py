@@ -24,7 +24,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
-from vla_grpo.evaluation import EvalSpec, greedy_success, split_counts
+from vla_grpo.evaluation import EvalSpec, greedy_validation_step
 from vla_grpo.groups import (
     DynamicSamplingBuffer,
     IdAllocator,
@@ -339,11 +339,6 @@ class GRPOModule(L.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:
-        success = greedy_success(self.rollout, self.policy, batch)
-        for split, (succ, count) in split_counts(batch, success).items():
-            self.log(f"eval/{split}/success", succ / count, batch_size=count,
-                     on_step=False, on_epoch=True, sync_dist=True)
-        # per-item outcomes, for callbacks' per-task tables (vla_grpo.callbacks.SplitEvaluation)
-        return {"success": success}
+        return greedy_validation_step(self, batch)
 
     test_step = validation_step

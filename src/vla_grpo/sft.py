@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from vla_grpo.data.windows import PAD_KEY
 from vla_grpo.envs.base import Suite
-from vla_grpo.evaluation import EvalSpec, evaluate_prompts
+from vla_grpo.evaluation import EvalSpec, greedy_validation_step
 from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY
 from vla_grpo.policies.base import check_policy_fits_suite
 from vla_grpo.rollout import GroupedRollout
@@ -159,11 +159,8 @@ class SFTModule(L.LightningModule):
 
     test_dataloader = val_dataloader
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        results = evaluate_prompts(self.rollout, self.policy, batch)
-        for split, (succ, count) in results.items():
-            self.log(f"eval/{split}/success", succ / count, batch_size=count,
-                     on_step=False, on_epoch=True, sync_dist=True)
+    def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:
+        return greedy_validation_step(self, batch)
 
     test_step = validation_step
 
