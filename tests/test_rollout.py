@@ -16,6 +16,7 @@ from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.groups import DynamicSamplingBuffer, split_trajectories
 from vla_grpo.keys import GROUP_ID_KEY, RETURN_KEY, TRAJ_TOKENS_KEY
+from vla_grpo.losses import GRPOLoss
 from vla_grpo.policies.tiny import TinyVLAPolicy
 from vla_grpo.prompts import Prompt, PromptSampler, SuccessAwarePromptSampler, ThompsonPromptSampler
 from vla_grpo.rollout import GroupedRollout
@@ -354,3 +355,76 @@ def test_steps_without_any_mixed_group_still_count_and_move_no_weight(tmp_path):
     assert module.buffer.stats()["written_groups"] == 0  # nothing was trainable
     for k, v in policy.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+class _NaNOnCalls(GRPOLoss):
+    """The real GRPO loss, made NaN on chosen calls; snapshots the weights and optimizer state then."""
+
+    def __init__(self, calls) -> None:
+        super().__init__()
+        self.calls, self.n, self.module, self.snapshots = set(calls), 0, None, []
+
+    def forward(self, td):
+        out = super().forward(td)
+        self.n += 1
+        if self.n in self.calls:
+            out["loss_objective"] = out["loss_objective"] * float("nan")
+            opt = self.module.optimizers().optimizer
+            self.snapshots.append(({k: v.clone() for k, v in self.module.policy.state_dict().items()},
+                                   {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+                                    for i, s in opt.state_dict()["state"].items()}))
+        return out
+
+
+def _nan_fit(tmp_path, calls, max_steps: int, max_nonfinite_updates: int = 3):
+    import lightning as L
+
+    from vla_grpo.module import GRPOModule
+
+    loss = _NaNOnCalls(calls)
+    module = GRPOModule(_toy_policy(), ToyReachSuite(image_size=16, max_steps=24), loss=loss, group_size=8,
+                        groups_per_step=2, max_rollout_rounds=3, ppo_epochs=1, num_minibatches=1, lr=3e-3,
+                        max_nonfinite_updates=max_nonfinite_updates)
+    loss.__dict__["module"] = module  # a plain reference, not a registered submodule (no cycle)
+    seen: list[tuple[dict, dict]] = []
+
+    class After(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            opt = pl_module.optimizers().optimizer
+            seen.append(({k: v.clone() for k, v in pl_module.policy.state_dict().items()},
+                         {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+                          for i, s in opt.state_dict()["state"].items()}))
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path, callbacks=[After()])
+    return module, trainer, loss, seen
+
+
+def test_a_nan_loss_skips_its_update_and_leaves_weights_and_optimizer_state_alone(tmp_path):
+    module, trainer, loss, seen = _nan_fit(tmp_path, calls={2}, max_steps=3)
+    trainer.fit(module)
+    assert trainer.global_step == 3 and loss.n == 3  # every step had a mixed group to train on
+    (weights, state), = loss.snapshots
+    after_weights, after_state = seen[1]  # the end of the NaN step
+    for k, v in weights.items():
+        torch.testing.assert_close(after_weights[k], v, rtol=0, atol=0)
+    assert after_state.keys() == state.keys() and state  # AdamW had moments from step 1; none moved
+    for i in state:
+        for k in state[i]:
+            torch.testing.assert_close(after_state[i][k], state[i][k], rtol=0, atol=0)
+    assert module.nonfinite_in_a_row == 0  # step 3 was finite again and trained
+    assert any(not torch.equal(seen[2][0][k], after_weights[k]) for k in after_weights)
+    assert all(torch.isfinite(v).all() for v in module.policy.state_dict().values())
+
+
+def test_nan_updates_in_a_row_stop_the_run_with_one_clear_error(tmp_path):
+    from vla_grpo.module import NonFiniteUpdatesError
+
+    module, trainer, loss, _ = _nan_fit(tmp_path, calls=range(1, 100), max_steps=10, max_nonfinite_updates=2)
+    start = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    with pytest.raises(NonFiniteUpdatesError, match=r"^2 updates in a row had a non-finite loss or gradient"):
+        trainer.fit(module)
+    assert loss.n == 2
+    for k, v in module.policy.state_dict().items():
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0)

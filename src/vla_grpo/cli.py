@@ -124,6 +124,7 @@ def main(args: list[str] | None = None) -> None:
         demos_main(argv[1:])
         return
     from vla_grpo.envs.demos import DemoFileError
+    from vla_grpo.module import NonFiniteUpdatesError
 
     try:
         # args=None: LightningCLI reads sys.argv itself (passing both makes it warn)
@@ -131,3 +132,6 @@ def main(args: list[str] | None = None) -> None:
     except DemoFileError as err:  # found while setting up the run, after parsing: still one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteUpdatesError as err:  # a run that diverged: one line, not a traceback (not bad input: exit 1)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

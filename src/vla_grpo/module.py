@@ -20,6 +20,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -59,6 +60,11 @@ def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
     """The total 2-norm of ``module``'s gradients (what norm clipping compares with its bound)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+class NonFiniteUpdatesError(RuntimeError):
+    """Too many updates in a row had a non-finite loss or gradient: the run stops (the last
+    checkpoint, written before them, holds finite weights)."""
 
 
 def _positive(name: str, value: float, minimum: float = 1) -> None:
@@ -109,6 +115,10 @@ class GRPOModule(L.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient-norm clip.
+        max_nonfinite_updates: an update whose loss or gradient is NaN/inf is skipped (weights
+            and optimizer state unchanged; ``train/nonfinite_fraction`` logs the share of a
+            step's updates skipped); this many in a row stop the run with
+            :class:`NonFiniteUpdatesError`.
         eval_states_per_task: greedy episodes per task at validation (initial states
             ``0 .. eval_states_per_task-1``).
         train_first_state: rollouts use each train task's initial states from this
@@ -144,6 +154,7 @@ class GRPOModule(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
+        max_nonfinite_updates: int = 3,
         eval_states_per_task: int = 8,
         train_first_state: int | None = None,
         eval_splits: list[str] | None = None,
@@ -163,6 +174,7 @@ class GRPOModule(L.LightningModule):
         self.prompts_per_round = prompts_per_round or groups_per_step
         self.reference = None
         self.sft = sft
+        self.nonfinite_in_a_row = 0
         if init_from:
             from vla_grpo.checkpoint import load_policy_weights
 
@@ -173,7 +185,8 @@ class GRPOModule(L.LightningModule):
         """One-line errors naming the ``--model.*`` field for bad values."""
         hp = self.hparams
         for name, minimum in (("group_size", 2), ("groups_per_step", 1), ("max_rollout_rounds", 1),
-                              ("ppo_epochs", 1), ("num_minibatches", 1), ("eval_states_per_task", 1)):
+                              ("ppo_epochs", 1), ("num_minibatches", 1), ("eval_states_per_task", 1),
+                              ("max_nonfinite_updates", 1)):
             _positive(name, hp[name], minimum)
         if hp.train_first_state is not None:
             _positive("train_first_state", hp.train_first_state, 0)
@@ -324,8 +337,14 @@ class GRPOModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         norm = _grad_norm(self.policy)
-        # through Lightning, so precision plugins unscale first and strategies clip their way
-        self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        if self._skip_nonfinite(loss, norm):
+            # the optimizer skips parameters whose grad is None: weights and AdamW's moments stay
+            opt.zero_grad(set_to_none=True)
+            out["nonfinite_fraction"] = 1.0
+        else:
+            # through Lightning, so precision plugins unscale first and strategies clip their way
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+            out["nonfinite_fraction"] = 0.0
         if last:
             opt.step()
         else:
@@ -336,6 +355,27 @@ class GRPOModule(L.LightningModule):
         if batch is not None:
             out["grad_norm"] = float(norm) if math.isfinite(float(norm)) else float("nan")
         return out
+
+    def _skip_nonfinite(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
+        """Whether this update has a NaN/inf loss or gradient on any rank (every rank skips it
+        together); raises :class:`NonFiniteUpdatesError` after ``max_nonfinite_updates`` in a row."""
+        bad = not (math.isfinite(float(loss.detach())) and math.isfinite(float(norm)))
+        if self.trainer.world_size > 1:
+            bad = self._reduce(float(bad)) > 0
+        if not bad:
+            self.nonfinite_in_a_row = 0
+            return False
+        self.nonfinite_in_a_row += 1
+        limit = self.hparams.max_nonfinite_updates
+        rank_zero_warn(f"GRPO step {self.global_step}: non-finite loss or gradient (loss {float(loss.detach())}, "
+                       f"grad norm {float(norm)}); update skipped ({self.nonfinite_in_a_row} in a row, "
+                       f"stopping at {limit})")
+        if self.nonfinite_in_a_row >= limit:
+            raise NonFiniteUpdatesError(
+                f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient (GRPO step "
+                f"{self.global_step}): stopping. The weights are those of the last finite update; lower "
+                f"--model.lr or --model.max_grad_norm, or raise --model.max_nonfinite_updates")
+        return True
 
     # -- evaluation ---------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:
