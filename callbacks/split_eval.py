@@ -198,6 +198,13 @@ class SplitEvaluation(Callback):
         self._batch_success: list[bool] = []
         self._warned: set[str] = set()
 
+    def state_dict(self) -> dict:
+        """The evaluations so far (the eval curve), carried by checkpoints so a resumed run keeps them."""
+        return {"results": [r.to_dict() for r in self.results]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.results = [SplitResult.from_dict(r) for r in state_dict.get("results", [])]
+
     @property
     def last(self) -> SplitResult | None:
         """The latest evaluation's result."""

@@ -319,6 +319,8 @@ def test_two_process_ddp_runs_different_prompts_and_keeps_weights_identical(tmp_
            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
            "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",
            "--trainer.enable_progress_bar=false", "--model.groups_per_step=2", "--model.prompts_per_round=2",
+           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+           "--trainer.callbacks.init_args.every_n_train_steps=1", f"--trainer.callbacks.init_args.dirpath={tmp_path}/ckpt",
            "--trainer.callbacks+=tests.ddp_probe.DDPProbe",
            f"--trainer.callbacks.init_args.out_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
@@ -330,6 +332,10 @@ def test_two_process_ddp_runs_different_prompts_and_keeps_weights_identical(tmp_
     assert not set(map(tuple, ranks[0]["prompts"])) & set(map(tuple, ranks[1]["prompts"]))
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], abs=0)
     assert ranks[0]["weights_changed"] and ranks[1]["weights_changed"]
+    # the checkpoint (written by rank 0) carries both ranks' samplers and random streams for an exact resume
+    resume = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True)["grpo_resume"]
+    assert resume["world_size"] == 2 and len(resume["ranks"]) == 2
+    assert not torch.equal(resume["ranks"][0]["rng"][0], resume["ranks"][1]["rng"][0])
 
 
 def test_steps_without_any_mixed_group_still_count_and_move_no_weight(tmp_path):
@@ -428,3 +434,38 @@ def test_nan_updates_in_a_row_stop_the_run_with_one_clear_error(tmp_path):
     assert loss.n == 2
     for k, v in module.policy.state_dict().items():
         torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+
+
+def _resume_fit(tmp_path, max_steps: int, ckpt_path=None, sampling: str = "success_aware"):
+    import lightning as L
+
+    from vla_grpo.module import GRPOModule
+
+    L.seed_everything(3)
+    module = GRPOModule(_toy_policy(3), ToyReachSuite(image_size=16, max_steps=24), group_size=8, groups_per_step=2,
+                        prompts_per_round=3, max_rollout_rounds=3, ppo_epochs=2, num_minibatches=2, lr=3e-3,
+                        prompt_sampling=sampling, eval_states_per_task=2)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True,
+                                               save_top_k=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, val_check_interval=2, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[ckpt])
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return module
+
+
+@pytest.mark.parametrize("sampling", ["success_aware", "thompson"])
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(tmp_path, sampling):
+    """6 steps straight vs 3 steps, a new process state, then resumed from last.ckpt to 6: the
+    sampler statistics, surplus groups, ids and random stream travel in the checkpoint (greedy
+    evals every 2 steps sit in between and must not shift anything)."""
+    straight = _resume_fit(tmp_path / "a", 6, sampling=sampling)
+    _resume_fit(tmp_path / "b", 3, sampling=sampling)
+    resumed = _resume_fit(tmp_path / "b", 6, ckpt_path=tmp_path / "b" / "ckpt" / "last.ckpt", sampling=sampling)
+    assert resumed.global_step == straight.global_step == 6
+    for k, v in straight.policy.state_dict().items():
+        torch.testing.assert_close(resumed.policy.state_dict()[k], v, rtol=0, atol=0)
+    for k, v in straight.sampler.state_dict().items():
+        if torch.is_tensor(v):
+            torch.testing.assert_close(resumed.sampler.state_dict()[k], v, rtol=0, atol=0)
+    assert resumed.group_ids.count == straight.group_ids.count

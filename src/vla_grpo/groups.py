@@ -58,6 +58,12 @@ class IdAllocator:
         self.count += n
         return ids
 
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+
 
 def repeat_per_member(prompts: Sequence, group_ids: list[int], group_size: int) -> tuple[list, list[int]]:
     """One entry per sub-env: each prompt and its group id, ``group_size`` times in a row."""
@@ -175,6 +181,24 @@ class DynamicSamplingBuffer:
             for i in set(ids):
                 self._instructions.pop(i, None)
         return rows
+
+    def state_dict(self) -> dict:
+        """The held (surplus) groups and their instructions, as plain tensors and strings.
+
+        Taken between GRPO steps, when every rolled-out group is complete (a round rolls out
+        whole groups), so the group transform holds nothing half-done.
+        """
+        self._drain()
+        if self._open:
+            raise RuntimeError("DynamicSamplingBuffer.state_dict() with incomplete groups: take it between steps")
+        return {"surplus": [(g.to_dict(), g.shape[0]) for g in self._surplus],
+                "instructions": dict(self._instructions)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.empty()
+        self._open = {}
+        self._surplus = [TensorDict(d, batch_size=[n]) for d, n in state["surplus"]]
+        self._instructions = {int(k): str(v) for k, v in state["instructions"].items()}
 
     def stats(self, reset: bool = True) -> dict[str, float]:
         stats = self.transform.get_stats()

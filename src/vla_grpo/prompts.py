@@ -127,6 +127,20 @@ class PromptSampler:
         for prompt, group in zip(prompts, returns, strict=True):
             self.update(prompt, int(group.sum()), group.numel())
 
+    # -- resume ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What decides the next draws: the generators' states and (subclasses) the outcome statistics."""
+        return {"generator": self.generator.get_state(), "phrasing_generator": self.phrasing_generator.get_state(),
+                "num_prompts": len(self.prompts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_prompts"] != len(self.prompts):
+            raise ValueError(f"the checkpoint's prompt sampler held {state['num_prompts']} prompts on this rank, "
+                             f"this run has {len(self.prompts)} (another suite, train_tasks, world size or "
+                             "eval_states_per_task?)")
+        self.generator.set_state(state["generator"])
+        self.phrasing_generator.set_state(state["phrasing_generator"])
+
 
 class SuccessAwarePromptSampler(PromptSampler):
     """Draws prompts likely to give *mixed* groups more often.
@@ -188,6 +202,16 @@ class SuccessAwarePromptSampler(PromptSampler):
         k = self.task_prior
         return ((self.mixed + k * task_rate) / (self.visits + k)) ** self.sharpness + self.floor
 
+    _STATS = ("successes", "trials", "mixed", "visits", "task_mixed", "task_visits")
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), **{k: getattr(self, k).clone() for k in self._STATS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for k in self._STATS:
+            getattr(self, k).copy_(state[k])
+
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
         i = self.index.get(prompt.state)
         if i is None:
@@ -239,6 +263,13 @@ class ThompsonPromptSampler(SuccessAwarePromptSampler):
                          rank=rank, world_size=world_size, seed=seed, **kwargs)
         self.members = [torch.nonzero(self.task_of == t).view(-1) for t in range(len(self.task_mixed))]
         self.rng = np.random.default_rng(seed * 1_000 + rank)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.rng.bit_generator.state = state["rng"]
 
     def draw(self, n: int) -> list[Prompt]:
         # task_mixed / task_visits include the optimistic starting pseudo-visit
