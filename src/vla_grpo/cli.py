@@ -14,6 +14,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
+
+from vla_grpo.checkpoint import AtomicCheckpointIO  # noqa: E402
 
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
           "Expected a <class 'NoneType'>", "Given value")
@@ -87,6 +90,11 @@ class VLACLI(LightningCLI):
         if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, StepBudgetProgressBar()])
+        # checkpoints written all-or-nothing, unless the config names its own CheckpointIO
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
@@ -123,6 +131,7 @@ def main(args: list[str] | None = None) -> None:
 
         demos_main(argv[1:])
         return
+    from vla_grpo.checkpoint import CheckpointWriteError
     from vla_grpo.envs.demos import DemoFileError
     from vla_grpo.module import NonFiniteUpdatesError
 
@@ -132,6 +141,6 @@ def main(args: list[str] | None = None) -> None:
     except DemoFileError as err:  # found while setting up the run, after parsing: still one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except NonFiniteUpdatesError as err:  # a run that diverged: one line, not a traceback (not bad input: exit 1)
+    except (NonFiniteUpdatesError, CheckpointWriteError) as err:  # diverged, or could not save: one line, exit 1
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,0 +1,96 @@
+"""Kill a real ``fit`` with SIGKILL and resume it from ``last.ckpt``: the weights end bit-identical
+to the uninterrupted run's, and a kill during a checkpoint save leaves the previous one loadable."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 5
+
+
+def _fit(run: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf/toy.yaml"), f"--trainer.max_steps={STEPS}",
+           f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
+           "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
+           "--model.groups_per_step=2", "--model.prompts_per_round=3", "--model.eval_states_per_task=2",
+           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+           "--trainer.callbacks.init_args.every_n_train_steps=1", "--trainer.callbacks.init_args.save_last=true",
+           "--trainer.callbacks.init_args.save_top_k=0", f"--trainer.callbacks.init_args.dirpath={run}/ckpt", *extra]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}, state["global_step"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight")
+    proc = _fit(run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    weights, step = _weights(run / "ckpt" / "last.ckpt")
+    assert step == STEPS
+    return weights
+
+
+def _kill_and_resume(run: Path, step: int, phase: str, delay_s: float = 0.0) -> tuple[dict, int]:
+    killed = _fit(run, "--trainer.callbacks+=tests.kill_probe.KillAt", f"--trainer.callbacks.init_args.step={step}",
+                  f"--trainer.callbacks.init_args.phase={phase}", f"--trainer.callbacks.init_args.delay_s={delay_s}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    _, saved_at = _weights(run / "ckpt" / "last.ckpt")  # loadable, whatever the kill interrupted
+    resumed = _fit(run, f"--ckpt_path={run}/ckpt/last.ckpt")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    weights, final = _weights(run / "ckpt" / "last.ckpt")
+    assert final == STEPS
+    return weights, saved_at
+
+
+@pytest.mark.parametrize("step, phase, delay_s", [(2, "step_start", 0.0), (3, "mid_rollout", 0.3),
+                                                  (4, "in_save", 0.0)])
+def test_sigkill_then_resume_ends_bit_identical(straight, tmp_path, step, phase, delay_s):
+    weights, saved_at = _kill_and_resume(tmp_path, step, phase, delay_s)
+    assert saved_at in (step - 1, step)
+    for k, v in straight.items():
+        torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_twenty_kills_during_checkpoint_saves_leave_a_loadable_checkpoint(tmp_path):
+    """Kills at 20 points spread over the write of step 3's checkpoint; the file at last.ckpt
+    always loads (step 2's or step 3's), and no temporary file is taken for it."""
+    for i in range(20):
+        run = tmp_path / f"k{i}"
+        killed = _fit(run, "--trainer.max_steps=4", "--trainer.callbacks+=tests.kill_probe.KillAt",
+                      "--trainer.callbacks.init_args.step=3", "--trainer.callbacks.init_args.phase=in_save",
+                      f"--trainer.callbacks.init_args.delay_s={i * 0.002}")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        _, step = _weights(run / "ckpt" / "last.ckpt")
+        assert step in (2, 3)
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from vla_grpo.checkpoint import AtomicCheckpointIO, CheckpointWriteError
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"policy.w": torch.ones(3)}, "global_step": 1}, path)
+
+    def full(fd):  # the disk fills while the new checkpoint is flushed (no real full disk on CI)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointWriteError, match=rf"could not write checkpoint {path}: the disk is full; the previous"):
+        io.save_checkpoint({"state_dict": {"policy.w": torch.zeros(3)}, "global_step": 2}, path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+    assert torch.load(path, weights_only=True)["global_step"] == 1
