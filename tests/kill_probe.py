@@ -2,7 +2,8 @@
 
 * ``step_start``: as step ``step`` begins (its checkpoint from the step before is on disk);
 * ``mid_rollout``: ``delay_s`` after step ``step`` begins, while its rollouts run;
-* ``in_save``: ``delay_s`` after the checkpoint of step ``step`` starts being written.
+* ``in_save``: after ``at_byte`` bytes of step ``step``'s checkpoint are written (the CLI's
+  :class:`~vla_grpo.checkpoint.AtomicCheckpointIO` writes through ``torch.save``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import threading
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -17,11 +19,44 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _KillAfter:
+    """A file that dies (SIGKILL) once ``limit`` bytes have gone through it."""
+
+    def __init__(self, f, limit: int) -> None:
+        self.f, self.limit, self.written = f, limit, 0
+
+    def write(self, data) -> int:
+        room = self.limit - self.written
+        if len(data) >= room:
+            self.f.write(bytes(data[:room]))
+            self.f.flush()
+            _kill()
+        self.written += len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 class KillAt(Callback):
-    def __init__(self, step: int, phase: str = "step_start", delay_s: float = 0.0) -> None:
+    def __init__(self, step: int, phase: str = "step_start", delay_s: float = 0.0, at_byte: int = 0) -> None:
         if phase not in ("step_start", "mid_rollout", "in_save"):
             raise ValueError(f"unknown phase {phase!r}")
-        self.step, self.phase, self.delay_s = step, phase, delay_s
+        self.step, self.phase, self.delay_s, self.at_byte = step, phase, delay_s, at_byte
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.phase != "in_save":
+            return
+        io, step, at_byte = trainer.strategy.checkpoint_io, self.step, self.at_byte
+        original = io.save_checkpoint
+
+        def save(checkpoint, path, storage_options=None):
+            if checkpoint.get("global_step") == step:
+                real = torch.save
+                torch.save = lambda obj, f, *a, **k: real(obj, _KillAfter(f, at_byte), *a, **k)
+            return original(checkpoint, path, storage_options)
+
+        io.save_checkpoint = save
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step != self.step:
@@ -29,8 +64,4 @@ class KillAt(Callback):
         if self.phase == "step_start":
             _kill()
         elif self.phase == "mid_rollout":
-            threading.Timer(self.delay_s, _kill).start()
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if self.phase == "in_save" and trainer.global_step == self.step:
             threading.Timer(self.delay_s, _kill).start()

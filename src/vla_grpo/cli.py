@@ -100,10 +100,33 @@ class VLACLI(LightningCLI):
     def instantiate_classes(self) -> None:
         # A bad value (group_size < 2, a missing checkpoint, ...) surfaces as one
         # argparse-style line naming the field, not a traceback.
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        for key in ("default_root_dir", "logger.init_args.save_dir"):
+            try:
+                value = self._get(self.config, f"trainer.{key}", default=None)
+            except (AttributeError, KeyError, TypeError):  # no logger, or one without a save_dir
+                value = None
+            if isinstance(value, str) and os.path.exists(value) and not os.path.isdir(value):
+                self.parser.error(f"`--trainer.{key}`: {value} is a file, expected a run directory")
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError) as err:
             self.parser.error(_root_message(err))
+        except MisconfigurationException as err:  # Lightning's trainer: accelerator, devices, strategy
+            trainer = self._get(self.config, "trainer", default={}) or {}
+            chosen = ", ".join(f"{k}={trainer.get(k)!r}" for k in ("accelerator", "devices", "strategy"))
+            self.parser.error(f"`--trainer` ({chosen}): {_root_message(err)}")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyperparameters right after parsing, and a truncated file
+        # raises there: check it first, so it is one line before anything runs or is written
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            problem = _check_ckpt_path(self.config[subcommand].get("ckpt_path"), subcommand)
+            if problem:
+                self.parser.error(problem)
+        super()._parse_ckpt_path()
 
 
 def _model_link(name: str):
@@ -118,10 +141,51 @@ def _model_link(name: str):
 
 
 def _root_message(err: BaseException) -> str:
-    """First line of the innermost exception (jsonargparse wraps ours in its own)."""
-    while (err.__cause__ or err.__context__) is not None:
-        err = err.__cause__ or err.__context__
-    return str(err).strip().splitlines()[0]
+    """First line of the innermost exception (jsonargparse wraps ours in its own), stopping at one
+    raised ``from None`` (ours: it names the file or field; what it replaced does not)."""
+    while True:
+        inner = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if inner is None:
+            return str(err).strip().splitlines()[0]
+        err = inner
+
+
+def _check_config_files(argv: list[str]) -> str | None:
+    """An error line for a ``-c``/``--config`` file that is missing or not valid YAML (naming it)."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if path is None:
+            continue
+        if not os.path.isfile(path):
+            return f"config file {path} does not exist"
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            return f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}"
+    return None
+
+
+def _check_ckpt_path(path: str | None, subcommand: str) -> str | None:
+    """An error line for a ``--ckpt_path`` that is missing or not a readable checkpoint."""
+    if path is None or path in ("last", "best", "hpc", "registry"):  # Lightning's named checkpoints
+        return None
+    if not os.path.isfile(path):
+        return f"`--ckpt_path`: no checkpoint file at {path} (for `{subcommand}`)"
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises several types for a corrupt or truncated file
+        return f"`--ckpt_path`: {path} is not a readable checkpoint ({type(err).__name__}; truncated or not a .ckpt?)"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return f"`--ckpt_path`: {path} has no 'state_dict' (expected a Lightning .ckpt)"
+    return None
 
 
 def main(args: list[str] | None = None) -> None:
@@ -135,6 +199,10 @@ def main(args: list[str] | None = None) -> None:
     from vla_grpo.envs.demos import DemoFileError
     from vla_grpo.module import NonFiniteUpdatesError
 
+    problem = _check_config_files(argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         # args=None: LightningCLI reads sys.argv itself (passing both makes it warn)
         VLACLI(args=None if args is None else argv)

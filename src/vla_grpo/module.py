@@ -193,6 +193,10 @@ class GRPOModule(L.LightningModule):
         if hp.train_first_state is not None:
             _positive("train_first_state", hp.train_first_state, 0)
         _check_prompt_pool(suite, _first_train_state(hp.train_first_state, hp.eval_states_per_task), hp.train_tasks)
+        if not hp.lr > 0 or hp.weight_decay < 0:  # AdamW's own check would fail later, as a traceback
+            raise ValueError(f"`--model.lr` must be > 0 and `--model.weight_decay` >= 0 (got {hp.lr}, {hp.weight_decay})")
+        if not hp.max_grad_norm > 0:
+            raise ValueError(f"`--model.max_grad_norm` must be > 0 (got {hp.max_grad_norm})")
         if hp.rollout_temperature <= 0:
             raise ValueError(f"`--model.rollout_temperature` must be > 0 (got {hp.rollout_temperature})")
         if hp.prompt_sampling not in PROMPT_SAMPLERS:  # here too, so a bad value fails before setup

@@ -86,6 +86,8 @@ class SFTModule(L.LightningModule):
                 raise ValueError(f"`--model.{name}` must be >= 1 (got {value})")
         if instruction_noise < 0:
             raise ValueError(f"`--model.instruction_noise` must be >= 0 (got {instruction_noise})")
+        if not lr > 0 or weight_decay < 0:  # AdamW's own check would fail later, as a traceback
+            raise ValueError(f"`--model.lr` must be > 0 and `--model.weight_decay` >= 0 (got {lr}, {weight_decay})")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`--model.lr_schedule` must be 'constant' or 'cosine' (got {lr_schedule!r})")
         self.save_hyperparameters(ignore=["policy", "suite"])

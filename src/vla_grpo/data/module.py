@@ -12,6 +12,7 @@ import re
 import warnings
 from pathlib import Path
 
+import h5py
 import lightning as L
 import numpy as np
 import torch
@@ -94,6 +95,9 @@ class DemoDataModule(L.LightningDataModule):
         if suite is None:
             raise ValueError("`--data.suite` is not set: the CLI links it from `--model.suite`; "
                              "in Python pass **vla_grpo.data.model_links(model)")
+        if demo_file is not None and Path(demo_file).is_file() and not h5py.is_hdf5(demo_file):
+            # before the run starts writing anything (its full layout is checked when read, in setup)
+            raise DemoFileError(f"{demo_file}: not an HDF5 file; expected a demo file from vla_grpo.envs.demos")
         self.save_hyperparameters(ignore=["suite"])
         self.suite = suite
         self.eval_spec = EvalSpec(eval_splits, eval_states_per_task, eval_batch_size)
