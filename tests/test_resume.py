@@ -59,8 +59,9 @@ def _kill_and_resume(run: Path, step: int, phase: str, delay_s: float = 0.0) -> 
                                                   (4, "in_save", 0.0)])
 def test_sigkill_then_resume_ends_bit_identical(straight, tmp_path, step, phase, delay_s):
     weights, saved_at = _kill_and_resume(tmp_path, step, phase, delay_s)
-    # killed as step `step` began, or half-way through writing its checkpoint: the one before stands
-    assert saved_at == step - 1
+    # killed after `step` steps (as the next began, or in its rollouts): their checkpoint stands;
+    # killed half-way through writing step `step`'s checkpoint: the one before it stands
+    assert saved_at == (step - 1 if phase == "in_save" else step)
     for k, v in straight.items():
         torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
 
