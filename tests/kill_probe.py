@@ -1,7 +1,8 @@
 """Test-only callback: SIGKILL the training process at a chosen GRPO step and phase (resume tests).
 
 * ``step_start``: as step ``step`` begins (its checkpoint from the step before is on disk);
-* ``mid_rollout``: ``delay_s`` after step ``step`` begins, while its rollouts run;
+* ``mid_rollout``: in step ``step``'s rollout, after the policy's ``after_decisions``-th sampled
+  decision (the prompts drawn, the simulators half-way through their episodes);
 * ``in_save``: after ``at_byte`` bytes of step ``step``'s checkpoint are written (the CLI's
   :class:`~vla_grpo.checkpoint.AtomicCheckpointIO` writes through ``torch.save``).
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -39,10 +39,10 @@ class _KillAfter:
 
 
 class KillAt(Callback):
-    def __init__(self, step: int, phase: str = "step_start", delay_s: float = 0.0, at_byte: int = 0) -> None:
+    def __init__(self, step: int, phase: str = "step_start", after_decisions: int = 2, at_byte: int = 0) -> None:
         if phase not in ("step_start", "mid_rollout", "in_save"):
             raise ValueError(f"unknown phase {phase!r}")
-        self.step, self.phase, self.delay_s, self.at_byte = step, phase, delay_s, at_byte
+        self.step, self.phase, self.after_decisions, self.at_byte = step, phase, after_decisions, at_byte
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.phase != "in_save":
@@ -64,4 +64,14 @@ class KillAt(Callback):
         if self.phase == "step_start":
             _kill()
         elif self.phase == "mid_rollout":
-            threading.Timer(self.delay_s, _kill).start()
+            policy, original, left = pl_module.policy, pl_module.policy.act, [self.after_decisions]
+
+            def act(tensordict, *, greedy: bool = False):
+                out = original(tensordict, greedy=greedy)
+                if not greedy:
+                    left[0] -= 1
+                    if left[0] <= 0:
+                        _kill()
+                return out
+
+            policy.act = act
