@@ -116,3 +116,61 @@ def test_torchrl_libero_env_cannot_read_this_packages_init_states():
 
     with pytest.raises(FileNotFoundError, match=r"\.pruned_init"):
         LiberoEnv("libero_spatial", task_id=0, camera_height=64, camera_width=64)
+
+
+# -- scripted experts and demos ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name,tasks", [("libero_spatial", [0, 4]), ("libero_object", [0, 5])])
+def test_expert_succeeds_on_a_sample_of_fixed_states(name, tasks):
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.envs.tabletop.evaluate import expert_success
+
+    suite = LiberoSuite(name, unseen=[], task_ids=tasks, image_size=32)
+    results = expert_success(suite, range(len(tasks)), [0, 7], chunk_size=4, num_envs=2)
+    assert all(all(r.successes) for r in results.values()), {t: r.successes for t, r in results.items()}
+
+
+@pytest.mark.slow
+def test_demos_command_writes_libero_demos(tmp_path):
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.cli import main
+    from vla_grpo.envs.demos import read_demos
+
+    out = tmp_path / "spatial.hdf5"
+    name = "libero_spatial/pick_up_the_black_bowl_from_table_center_and_place_it_on_the_plate"
+    main(["demos", "--suite", "libero_spatial", "--out", str(out), "--tasks", name, "--image-size", "32", "--quiet"])
+    (demo,) = read_demos(out)
+    assert demo.task_name == name and demo.instruction.startswith("pick up the black bowl from table center")
+    assert demo.actions.shape[1] == 7 and demo.images.shape[1:] == (32, 32, 3) and demo.rewards[-1] == 1.0
+
+
+# -- configs -------------------------------------------------------------------------
+#: the CPU smoke overrides documented in each conf/libero_*.yaml
+CPU_SMOKE = [
+    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true", "--trainer.max_steps=2",
+    "--trainer.callbacks=[]", "--model.sft=null", "--model.suite.init_args.task_ids=[0]",
+    "--model.suite.init_args.image_size=64", "--model.policy.init_args.image_size=64",
+    "--model.policy.init_args.patch_size=16", "--model.policy.init_args.vision_hidden=32",
+    "--model.policy.init_args.text_hidden=64", "--model.policy.init_args.layers=1", "--model.policy.init_args.heads=2",
+    "--model.policy.init_args.bf16=false", "--model.num_workers=1", "--model.group_size=2",
+    "--model.groups_per_step=1", "--model.prompts_per_round=1", "--model.max_rollout_rounds=1",
+    "--model.dynamic_sampling=false", "--model.eval_states_per_task=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["libero_spatial.yaml", "libero_object.yaml", "libero_goal.yaml", "libero_10.yaml"])
+def test_two_grpo_steps_with_the_configs_cpu_overrides(config, tmp_path):
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from pathlib import Path
+
+    from vla_grpo.cli import main
+    from vla_grpo.tb import read_scalars
+
+    path = Path(__file__).resolve().parents[1] / "conf" / config
+    documented = path.read_text()
+    assert all(arg in documented for arg in CPU_SMOKE), "the file's CPU smoke comment and CPU_SMOKE differ"
+    main(["fit", "-c", str(path), *CPU_SMOKE, f"--trainer.default_root_dir={tmp_path}",
+          f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+          "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0"])
+    assert [s for s, _ in read_scalars(tmp_path)["rollout/success_rate"]] == [0, 1]

@@ -15,6 +15,7 @@ LIBERO proprio, read straight from MuJoCo.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import mujoco
@@ -63,6 +64,9 @@ class LiberoSim:
         self._finger_qpos = [int(self.model.jnt_qposadr[self.model.joint(j).id]) for j in robot.gripper.joints]
         self.steps = 0
         self._success = False
+        #: the scripted expert's per-episode memory (phase, grasp), cleared at reset
+        self.expert_memory: dict = {}
+        self._state_spec = mujoco.mjtState.mjSTATE_INTEGRATION
 
     # -- episode ---------------------------------------------------------
     def reset(self, init_state_id: int) -> None:
@@ -86,6 +90,22 @@ class LiberoSim:
             self.env.step(WAIT_ACTION)
         self.steps = 0
         self._success = bool(self.env.check_success())
+        self.expert_memory = {}
+
+    def snapshot(self) -> tuple:
+        """Everything a control step reads and changes (MuJoCo's integration state, the gripper's
+        command, the step count, the expert's memory), for :meth:`restore` after a look-ahead."""
+        state = np.empty(mujoco.mj_stateSize(self.model, self._state_spec))
+        mujoco.mj_getState(self.model, self.data, state, self._state_spec)
+        return (state, self.robot.gripper.current_action.copy(), self.steps, self._success,
+                copy.deepcopy(self.expert_memory))
+
+    def restore(self, snap: tuple) -> None:
+        state, grip, self.steps, self._success, memory = snap
+        mujoco.mj_setState(self.model, self.data, state, self._state_spec)
+        mujoco.mj_forward(self.model, self.data)
+        self.robot.gripper.current_action = grip.copy()
+        self.expert_memory = copy.deepcopy(memory)
 
     def step(self, action: np.ndarray) -> None:
         """One 20 Hz control step of LIBERO's OSC_POSE controller (25 physics substeps)."""
