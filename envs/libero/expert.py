@@ -123,8 +123,12 @@ class LiberoExpert:
         """One closed-loop action from the current simulated state."""
         mem = sim.expert_memory
         if not mem:
-            mem.update(phase=0, timer=0, quat0=sim.eef_quat(), goal=self._goal(sim))
+            goal = self._goal(sim)
+            mem.update(phase=0, timer=0, quat0=sim.eef_quat(), goal=goal,
+                       push=goal[0] == "on" and self._too_wide(sim, goal[1]))
         verb = mem["goal"][0]
+        if mem["push"]:
+            return self._push(sim, mem)
         if verb in ("on", "in"):
             return self._pick_place(sim, mem)
         if verb == "turnon":
@@ -245,6 +249,52 @@ class LiberoExpert:
                 self._next(mem)
             return self._move(sim, mem, eef, OPEN, yaw)
         return self._move(sim, mem, eef + [0, 0, 0.05], OPEN, yaw)  # back off and wait
+
+    # -- pushing -----------------------------------------------------------------------
+    @staticmethod
+    def _too_wide(sim: LiberoSim, obj: str) -> bool:
+        """Wider than the gripper every way and too flat for a rim grasp (a plate): pushed, not carried."""
+        if obj not in sim.env.env.obj_body_id:
+            return False
+        lo, hi = world_bbox(sim, obj)
+        return bool(min((hi - lo)[:2]) > GRIP_WIDTH and (hi - lo)[2] < 0.03)
+
+    def _push(self, sim: LiberoSim, mem: dict) -> np.ndarray:
+        """Push ``obj`` (a plate) over the target along the table, the closed fingers inside its rim."""
+        _, obj, target = mem["goal"]
+        mem["timer"] += 1
+        lo, hi = world_bbox(sim, obj)
+        centre = sim.data.xpos[sim.env.env.obj_body_id[obj]]
+        goal, _ = place_point(sim, target)
+        to_goal = np.append(goal - centre[:2], 0.0)
+        u = to_goal / max(np.linalg.norm(to_goal), 1e-6)
+        radius = 0.5 * max((hi - lo)[:2])
+        # fingertips inside the dish against its far rim (reaching behind it would hit what is behind)
+        z = lo[2] + 0.015
+        behind = centre - u * (radius - 0.02)
+        behind[2] = z
+        eef = sim.eef_pos()
+        if "yaw" not in mem:  # the hand (long along the closing axis) turned where it clears the scene
+            skip = subtree(sim.model, sim.env.env.obj_body_id[obj]) | set(_surfaces(sim.model))
+
+            def hand(yaw):
+                c = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+                pts = [behind + k * c + [0, 0, z] for k in (0.1, 0.05, -0.05, -0.1) for z in (0.03, 0.08)]
+                return round(clearance(sim, np.array(pts), skip), 3), -abs(yaw)
+
+            mem["yaw"] = max(YAWS + (-np.pi / 2,), key=hand)
+        yaw = mem["yaw"]
+        if mem["phase"] == 0:  # above the point behind the object
+            above = behind + [0, 0, 0.1]
+            if np.linalg.norm(above - eef) < 0.01 or mem["timer"] > 60:
+                self._next(mem)
+            return self._move(sim, mem, above, CLOSE, yaw)
+        if mem["phase"] == 1:  # down behind it
+            if np.linalg.norm(behind - eef) < 0.01 or mem["timer"] > 40:
+                self._next(mem)
+            return self._move(sim, mem, behind, CLOSE, yaw)
+        # push: keep behind the object on the line to the goal, 3 cm ahead
+        return self._move(sim, mem, behind + u * min(0.03, np.linalg.norm(to_goal) + 0.005), CLOSE, yaw)
 
     # -- knobs -------------------------------------------------------------------------
     def _turn_on(self, sim: LiberoSim, mem: dict) -> np.ndarray:
