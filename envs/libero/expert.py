@@ -7,8 +7,9 @@ release) with LIBERO's own 7-D OSC_POSE deltas, keeping the start orientation
 (gripper down). Its per-episode memory (phase, grasp offset) lives on the
 simulator (``sim.expert_memory``). A chunk of ``H`` actions is planned by
 running the expert closed-loop ``H`` steps ahead on the simulator itself and
-restoring its state (``sim.snapshot()``/``restore``): MuJoCo is
-deterministic, so the env replays the chunk as the expert would have acted.
+restoring its state (``sim.snapshot()``/``restore``) but keeping the
+memory the look-ahead ended with: MuJoCo is deterministic, so the env
+replays the chunk as the expert would have acted and ends in that state.
 
 Goals covered: ``On(obj, target)`` and ``In(obj, region)`` pick-and-place
 (LIBERO-Spatial, -Object and most of -Goal), ``Open`` of a drawer and
@@ -114,8 +115,10 @@ class LiberoExpert:
             if sim.success():
                 out[h + 1 :] = out[h]
                 break
-        if snap is not None:
+        if snap is not None:  # back to the decision's state; the memory is where the env's replay will leave it
+            memory = sim.expert_memory
             sim.restore(snap)
+            sim.expert_memory = memory
         return out
 
     # -- control ---------------------------------------------------------------
