@@ -67,11 +67,13 @@ class LiberoBatchEnv(TabletopEnv):
         return sim
 
     def _evict(self, keep: int) -> None:
-        """Close free simulators (other tasks' first) until at most ``keep`` remain."""
-        for free in self._free.values():
+        """Close free simulators until at most ``keep`` remain, and the GL textures of tasks left without one."""
+        for task, free in self._free.items():
             while free and self._num_sims > keep:
                 free.pop(0).close()
                 self._num_sims -= 1
+            if not free and not any(s is not None and s.task_index == task for s in self.sims):
+                self._renderer.forget(task)
 
     def _render(self, i: int) -> None:
         sim = self.sims[i]

@@ -63,6 +63,13 @@ class LiberoRenderer(FrameRenderer):
         mujoco.mjr_readPixels(out, None, self._rect, ctx)
         out[:] = out[::-1]  # GL rows run bottom-up
 
+    def forget(self, key: int) -> None:
+        """Free one task's textures and meshes (its simulators are gone)."""
+        pair = self._ctxs.pop(key, None)
+        if pair is not None and self._gl is not None:
+            self._gl.make_current()
+            pair[0].free()
+
     def close(self) -> None:
         """Free every task's GL resources and the context (safe to call twice)."""
         ctxs, self._ctxs = self._ctxs, {}
