@@ -1,4 +1,4 @@
-"""Throughput of a built-in MuJoCo suite (tabletop or bimanual), single process.
+"""Throughput of a built-in MuJoCo suite (tabletop, bimanual or LIBERO), single process.
 
 Runs the batched env with random action chunks (episodes run to their step
 limit, finished sub-envs are reset with new prompts) and prints env-steps/s
@@ -9,8 +9,13 @@ time goes: physics, rendering, and the rest (TensorDict/obs/reset overhead).
     python benchmarks/env_speed.py --num-envs 8 --seconds 10
     python benchmarks/env_speed.py --image-size 224 --wrist-camera
     python benchmarks/env_speed.py --suite bimanual --image-size 64   # two arms, 14-D actions
+    python benchmarks/env_speed.py --suite libero --seconds 30        # ours vs the plain LIBERO loop
 
-Target: >= 500 env-steps/s per core at the defaults (bimanual: >= 300).
+Target: >= 500 env-steps/s per core at the defaults (bimanual: >= 300). With
+``--suite libero`` (needs ``pip install -e '.[libero]'``) it runs our LIBERO env
+and the plain LIBERO loop (``OffScreenRenderEnv``, a frame every control step,
+as the paper's code runs it) on the same tasks in one run and prints the ratio
+(target >= 5x); see :mod:`benchmarks.libero_speed`.
 """
 from __future__ import annotations
 
@@ -83,7 +88,9 @@ def breakdown(suite: TabletopSuite, repeats: int = 2000) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="tabletop", choices=sorted(TARGETS))
+    parser.add_argument("--suite", default="tabletop", choices=sorted(TARGETS) + ["libero"])
+    parser.add_argument("--libero-suite", default="libero_spatial", help="with --suite libero")
+    parser.add_argument("--tasks", default="0,1", help="with --suite libero: task indices of the LIBERO suite")
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=128)
@@ -91,6 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # per-core numbers: keep torch from spreading over cores
+    if args.suite == "libero":
+        from libero_speed import compare
+
+        compare(args.libero_suite, [int(t) for t in args.tasks.split(",")], args.image_size, args.chunk_size,
+                args.seconds, args.wrist_camera)
+        return
     if args.suite == "bimanual":
         from vla_grpo.envs.bimanual import BimanualSuite
 

@@ -18,6 +18,7 @@ Command line (also reached as ``python -m vla_grpo demos ...``)::
     python -m vla_grpo.envs.demos --out demos.hdf5 --tasks train --per-task 1
     python -m vla_grpo.envs.demos --out spatial.hdf5 --tasks spatial/behind_plate,spatial/left_side --per-task 5
     python -m vla_grpo.envs.demos --suite bimanual --out bimanual.hdf5 --tasks train --per-task 2 --image-size 64
+    python -m vla_grpo.envs.demos --suite libero_spatial --out spatial.hdf5 --per-task 1   # pip install -e '.[libero]'
 
 Demos use the task's initial states ``first_state, first_state + 1, ...`` and
 skip (and report) the rare state where the expert fails.
@@ -41,6 +42,8 @@ IMAGE = "obs/agentview_image"
 WRIST_IMAGE = "obs/eye_in_hand_image"
 STATE = "obs/state"
 _DEMO_ATTRS = ("instruction", "task_name", "task_index", "init_state_id")
+#: LIBERO suites with scripted experts (vla_grpo.envs.libero; LIBERO itself is imported only when picked)
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 
 
 @dataclass
@@ -250,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     """Write expert demos of a built-in suite (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="vla_grpo demos", description="Write scripted demos (robomimic HDF5).")
     parser.add_argument("--out", required=True, help="output .hdf5 file")
-    parser.add_argument("--suite", default="tabletop", choices=("tabletop", "bimanual"), help="built-in suite")
+    parser.add_argument("--suite", default="tabletop", choices=("tabletop", "bimanual") + LIBERO_SUITES,
+                        help="built-in suite, or a LIBERO suite (its LIBERO-PRO variants as splits)")
     parser.add_argument("--tasks", default="train", help="split name, 'all', or comma-separated task names")
     parser.add_argument("--per-task", type=int, default=1, help="demos per task")
     parser.add_argument("--first-state", type=int, default=0, help="first initial-state id")
@@ -260,7 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.per_task < 1:
         parser.error(f"--per-task must be >= 1 (got {args.per_task})")
-    if args.suite == "bimanual":
+    if args.suite in LIBERO_SUITES:
+        from .libero import LiberoSuite
+
+        try:
+            suite = LiberoSuite(args.suite, image_size=args.image_size, wrist_camera=args.wrist_camera)
+        except ImportError as err:
+            parser.error(str(err))
+    elif args.suite == "bimanual":
         if args.wrist_camera:
             parser.error("--wrist-camera: the bimanual suite has one agent-view camera")
         from .bimanual import BimanualSuite

@@ -1,0 +1,176 @@
+"""Tests of the LIBERO suite (vla_grpo.envs.libero): catalogue, env contract, TorchRL's LiberoEnv, experts.
+
+Everything that builds a LIBERO simulator is slow-marked (``pytest -m slow``);
+without ``pip install -e '.[libero]'`` the tests needing LIBERO skip, saying so.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from vla_grpo.envs.base import TRAIN_SPLIT
+from vla_grpo.envs.libero import MAX_STEPS, LiberoSuite
+
+NO_LIBERO = "LIBERO is not installed: pip install -e '.[libero]'"
+
+
+@pytest.fixture(scope="module")
+def suite() -> LiberoSuite:
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    return LiberoSuite("libero_spatial", task_ids=[0, 1], image_size=64, num_init_states=10)
+
+
+def prompts(tasks, states) -> TensorDict:
+    n = len(tasks)
+    return TensorDict({"task_index": torch.tensor(tasks).view(n, 1), "init_state_id": torch.tensor(states).view(n, 1),
+                       "group_id": torch.arange(n).view(n, 1)}, batch_size=[n])
+
+
+# -- catalogue and errors --------------------------------------------------------
+def test_catalogue_has_the_seen_suite_and_its_libero_pro_variants(suite):
+    assert suite.splits == [TRAIN_SPLIT] + [f"libero_spatial_{v}" for v in ("lan", "object", "swap", "task")]
+    seen, lan = suite.tasks(TRAIN_SPLIT), suite.tasks("libero_spatial_lan")
+    assert [t.instruction for t in seen] == [
+        "pick up the black bowl between the plate and the ramekin and place it on the plate",
+        "pick up the black bowl next to the ramekin and place it on the plate"]
+    assert all(a.instruction != b.instruction for a, b in zip(seen, lan, strict=True))  # reworded
+    assert suite.tasks("libero_spatial_swap")[0].instruction == seen[0].instruction
+    assert {t.max_steps for t in suite.all_tasks()} == {MAX_STEPS["libero_spatial"]} == {220}
+    assert {t.num_init_states for t in suite.all_tasks()} == {10}
+
+
+def test_bad_suite_or_variant_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"unknown LIBERO suite 'libero_spatail'; expected one of \[") as err:
+        LiberoSuite("libero_spatail")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"`unseen` \['env'\] invalid for libero_goal"):
+        LiberoSuite("libero_goal", unseen=["env"])
+
+
+def test_missing_libero_is_a_one_line_error_saying_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "libero", None)
+    monkeypatch.setitem(sys.modules, "libero.libero", None)
+    with pytest.raises(ImportError, match=r"needs LIBERO: pip install -e '\.\[libero\]'") as err:
+        LiberoSuite("libero_spatial")
+    assert "\n" not in str(err.value)
+
+
+# -- the env ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_reset_gives_the_fixed_init_state_deterministically(suite):
+    env = suite.make_env(2, chunk_size=4)
+    first = env.reset(prompts([0, 0], [3, 3]))
+    assert torch.equal(first["observation", "image"][0], first["observation", "image"][1])
+    env.reset(prompts([1, 0], [5, 7]))  # sub-env 0 hands its simulator back, takes task 1's
+    again = env.reset(prompts([0, 0], [3, 3]))
+    for key in (("observation", "image"), ("observation", "state")):
+        assert torch.equal(again[key], first[key])
+    other = env.reset(prompts([0, 0], [4, 4]))
+    assert not torch.equal(other["observation", "image"][0], first["observation", "image"][0])
+    # the fixed state is LIBERO's (flattened time, qpos, qvel): objects where it put them (x, y; they
+    # drop a few cm to the table during the settling steps)
+    sim = env.sims[0]
+    stored = sim.init_states[4][1:]
+    for adr in sim.model.jnt_qposadr[sim.model.jnt_type == 0]:  # free joints: the movable objects
+        assert np.allclose(sim.data.qpos[adr : adr + 2], stored[adr : adr + 2], atol=1e-2)
+    env.close()
+
+
+@pytest.mark.slow
+def test_env_contract_chunks_steps_limits_and_frozen_sub_envs(suite):
+    from torchrl.envs.utils import check_env_specs
+
+    env = suite.make_env(2, chunk_size=8)
+    check_env_specs(env)
+    td = env.reset(prompts([0, 1], [0, 0]))
+    assert td["language_instruction"][1] == suite.all_tasks()[1].instruction
+    td["action"] = torch.zeros(2, 8, 7)
+    nxt = env.step(td)["next"]
+    assert [s.steps for s in env.sims] == [8, 8]
+    assert nxt["observation", "image"].shape == (2, 3, 64, 64) and nxt["observation", "state"].shape == (2, 8)
+    env.sims[1].steps = suite.all_tasks()[1].max_steps - 3  # near the limit: the chunk stops there
+    nxt["action"] = torch.zeros(2, 8, 7)
+    nxt = env.step(nxt)["next"]
+    assert env.sims[1].steps == suite.all_tasks()[1].max_steps and bool(nxt["truncated"][1])
+    frozen = nxt["observation", "image"][1].clone()
+    nxt["action"] = torch.ones(2, 8, 7)
+    after = env.step(nxt)["next"]
+    assert env.sims[1].steps == suite.all_tasks()[1].max_steps  # done: ignores actions, not re-rendered
+    assert torch.equal(after["observation", "image"][1], frozen) and float(after["reward"][1]) == 0.0
+    env.close()
+
+
+@pytest.mark.slow
+def test_torchrl_libero_env_cannot_read_this_packages_init_states():
+    """TorchRL's LiberoEnv torch.loads ``<task>.pruned_init``; the package ships ``.pruned_init.npz``.
+
+    When this starts failing, TorchRL reads the package's init states: see
+    whether ``LiberoEnv`` now fits ``vla_grpo.envs.libero.env`` (the module docstring says what else is missing).
+    """
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from torchrl.envs import LiberoEnv
+
+    with pytest.raises(FileNotFoundError, match=r"\.pruned_init"):
+        LiberoEnv("libero_spatial", task_id=0, camera_height=64, camera_width=64)
+
+
+# -- scripted experts and demos ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name,tasks", [("libero_spatial", [0, 4]), ("libero_object", [0, 5])])
+def test_expert_succeeds_on_a_sample_of_fixed_states(name, tasks):
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.envs.tabletop.evaluate import expert_success
+
+    suite = LiberoSuite(name, unseen=[], task_ids=tasks, image_size=32)
+    results = expert_success(suite, range(len(tasks)), [0, 7], chunk_size=4, num_envs=2)
+    assert all(all(r.successes) for r in results.values()), {t: r.successes for t, r in results.items()}
+
+
+@pytest.mark.slow
+def test_demos_command_writes_libero_demos(tmp_path):
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.cli import main
+    from vla_grpo.envs.demos import read_demos
+
+    out = tmp_path / "spatial.hdf5"
+    name = "libero_spatial/pick_up_the_black_bowl_from_table_center_and_place_it_on_the_plate"
+    main(["demos", "--suite", "libero_spatial", "--out", str(out), "--tasks", name, "--image-size", "32", "--quiet"])
+    (demo,) = read_demos(out)
+    assert demo.task_name == name and demo.instruction.startswith("pick up the black bowl from table center")
+    assert demo.actions.shape[1] == 7 and demo.images.shape[1:] == (32, 32, 3) and demo.rewards[-1] == 1.0
+
+
+# -- configs -------------------------------------------------------------------------
+#: the CPU smoke overrides documented in each conf/libero_*.yaml
+CPU_SMOKE = [
+    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true", "--trainer.max_steps=2",
+    "--trainer.callbacks=[]", "--model.sft=null", "--model.suite.init_args.task_ids=[0]",
+    "--model.suite.init_args.image_size=64", "--model.policy.init_args.image_size=64",
+    "--model.policy.init_args.patch_size=16", "--model.policy.init_args.vision_hidden=32",
+    "--model.policy.init_args.text_hidden=64", "--model.policy.init_args.layers=1", "--model.policy.init_args.heads=2",
+    "--model.policy.init_args.bf16=false", "--model.num_workers=1", "--model.group_size=2",
+    "--model.groups_per_step=1", "--model.prompts_per_round=1", "--model.max_rollout_rounds=1",
+    "--model.dynamic_sampling=false", "--model.eval_states_per_task=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["libero_spatial.yaml", "libero_object.yaml", "libero_goal.yaml", "libero_10.yaml"])
+def test_two_grpo_steps_with_the_configs_cpu_overrides(config, tmp_path):
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from pathlib import Path
+
+    from vla_grpo.cli import main
+    from vla_grpo.tb import read_scalars
+
+    path = Path(__file__).resolve().parents[1] / "conf" / config
+    documented = path.read_text()
+    assert all(arg in documented for arg in CPU_SMOKE), "the file's CPU smoke comment and CPU_SMOKE differ"
+    main(["fit", "-c", str(path), *CPU_SMOKE, f"--trainer.default_root_dir={tmp_path}",
+          f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+          "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0"])
+    assert [s for s, _ in read_scalars(tmp_path)["rollout/success_rate"]] == [0, 1]
