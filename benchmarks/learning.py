@@ -180,7 +180,7 @@ def _unseen_gain(run: dict) -> float:
 
 
 def _interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its two-sided 95% Student-t interval (scipy comes with robosuite)."""
+    """Mean and its two-sided 95% Student-t interval (scipy comes with sentence-transformers, a dependency)."""
     from scipy import stats
 
     mean = sum(values) / len(values)

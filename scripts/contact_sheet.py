@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
+
 from vla_grpo.envs.tabletop import TabletopSuite  # noqa: E402
 
 _SPLIT_COLOURS = {"train": "#2b6cb0", "unseen_spatial": "#c05621", "unseen_object": "#2f855a", "unseen_goal": "#6b46c1"}
