@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -43,6 +42,7 @@ from vla_grpo.prompts import (
     prompt_instructions,
     select_train_tasks,
 )
+from vla_grpo.resume import RESUME_KEY, TrainingRNG, gather_resume_state, restore_resume_state
 from vla_grpo.rollout import GroupedRollout
 from vla_grpo.stages import SFTStage
 
@@ -176,7 +176,7 @@ class GRPOModule(L.LightningModule):
         self.reference = None
         self.sft = sft
         self.nonfinite_in_a_row = 0
-        self._rng_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.training_rng = TrainingRNG()
         if init_from:
             from vla_grpo.checkpoint import load_policy_weights
 
@@ -252,7 +252,7 @@ class GRPOModule(L.LightningModule):
 
     # -- the GRPO step -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
-        with self._training_rng():
+        with self.training_rng.fork(self.device):
             data, rollout_metrics = self.collect()
             metrics = self.update(data)
         metrics.update(rollout_metrics)
@@ -384,70 +384,14 @@ class GRPOModule(L.LightningModule):
                 f"--model.lr or --model.max_grad_norm, or raise --model.max_nonfinite_updates")
         return True
 
-    # -- exact resume ---------------------------------------------------------------
-    @contextmanager
-    def _training_rng(self):
-        """The GRPO step's random stream (action sampling, minibatch order), kept apart from the
-        global one, so evaluations and callbacks between steps don't shift it and a checkpoint can
-        carry it. The first step starts from the global state (what ``seed_everything`` set)."""
-        cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            if self._rng_state is not None:
-                cpu, gpu = self._rng_state
-                torch.set_rng_state(cpu)
-                if cuda and gpu is not None:
-                    torch.cuda.set_rng_state(gpu, self.device)
-            try:
-                yield
-            finally:
-                self._rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
-
-    def _resume_state(self) -> dict:
-        """This rank's state that decides the next step, beyond weights and optimizer."""
-        return {"sampler": self.sampler.state_dict(), "buffer": self.buffer.state_dict(),
-                "group_ids": self.group_ids.state_dict(), "traj_ids": self.traj_ids.state_dict(),
-                "rng": self._rng_state, "nonfinite_in_a_row": self.nonfinite_in_a_row}
-
+    # -- exact resume (vla_grpo.resume) -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if getattr(self, "sampler", None) is None:
-            return
-        state = self._resume_state()
-        if self.trainer.world_size > 1:
-            # every rank's sampler, surplus groups and random stream, gathered for rank 0's file
-            # (Lightning's strategies gather tensors only; this is a list of dicts)
-            import torch.distributed as dist
-
-            states: list = [None] * self.trainer.world_size
-            dist.all_gather_object(states, state)
-        else:
-            states = [state]
-        checkpoint["grpo_resume"] = {"world_size": self.trainer.world_size, "ranks": states}
+        if getattr(self, "sampler", None) is not None:
+            checkpoint[RESUME_KEY] = gather_resume_state(self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        resume = checkpoint.get("grpo_resume")
-        if resume is None or getattr(self, "sampler", None) is None:
-            if getattr(self, "sampler", None) is not None:
-                rank_zero_warn("the checkpoint has no GRPO sampler/buffer/RNG state (written by an older "
-                               "version): resuming with fresh ones, so the run will not repeat exactly")
-            return
-        world, rank = self.trainer.world_size, self.global_rank
-        if resume["world_size"] != world:
-            # another world size shards the prompts differently: the samplers and surplus groups start
-            # fresh; the ids continue past every id handed out so they stay unique
-            rank_zero_warn(f"resuming a {resume['world_size']}-rank checkpoint on {world} ranks: the prompt "
-                           "samplers, held groups and random streams start fresh (weights, optimizer and step "
-                           "continue); the run is not an exact continuation")
-            for name in ("group_ids", "traj_ids"):
-                count = max(r[name]["count"] for r in resume["ranks"]) * resume["world_size"]
-                getattr(self, name).load_state_dict({"count": -(-count // world)})
-            return
-        state = resume["ranks"][rank]
-        self.sampler.load_state_dict(state["sampler"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.group_ids.load_state_dict(state["group_ids"])
-        self.traj_ids.load_state_dict(state["traj_ids"])
-        self._rng_state = state["rng"]
-        self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
+        if getattr(self, "sampler", None) is not None:
+            restore_resume_state(self, checkpoint.get(RESUME_KEY))
 
     # -- evaluation ---------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:
