@@ -363,6 +363,13 @@ def test_steps_without_any_mixed_group_still_count_and_move_no_weight(tmp_path):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
+def _snapshot(module) -> tuple[dict, dict]:
+    """Copies of the policy's weights and of the optimizer's per-parameter tensors (AdamW's moments)."""
+    opt = module.optimizers().optimizer
+    return ({k: v.clone() for k, v in module.policy.state_dict().items()},
+            {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for i, s in opt.state_dict()["state"].items()})
+
+
 class _NaNOnCalls(GRPOLoss):
     """The real GRPO loss, made NaN on chosen calls; snapshots the weights and optimizer state then."""
 
@@ -375,10 +382,7 @@ class _NaNOnCalls(GRPOLoss):
         self.n += 1
         if self.n in self.calls:
             out["loss_objective"] = out["loss_objective"] * float("nan")
-            opt = self.module.optimizers().optimizer
-            self.snapshots.append(({k: v.clone() for k, v in self.module.policy.state_dict().items()},
-                                   {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
-                                    for i, s in opt.state_dict()["state"].items()}))
+            self.snapshots.append(_snapshot(self.module))
         return out
 
 
@@ -396,10 +400,7 @@ def _nan_fit(tmp_path, calls, max_steps: int, max_nonfinite_updates: int = 3):
 
     class After(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            opt = pl_module.optimizers().optimizer
-            seen.append(({k: v.clone() for k, v in pl_module.policy.state_dict().items()},
-                         {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
-                          for i, s in opt.state_dict()["state"].items()}))
+            seen.append(_snapshot(pl_module))
 
     trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
