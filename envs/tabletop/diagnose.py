@@ -23,7 +23,7 @@ import torch
 
 from vla_grpo.rollout import ActivePolicyStep
 
-from .evaluate import _prompts
+from .evaluate import episode_batches
 from .suite import TabletopSuite
 
 MOVED_M = 0.03  # an object shoved this far (xy, metres) counts as moved
@@ -56,25 +56,19 @@ def diagnose(suite: TabletopSuite, policy, task_indices: list[int], states: int,
     """``{task_index: Counter(outcome)}`` over greedy episodes from initial states ``0..states-1``."""
     jobs = [(t, s) for t in task_indices for s in range(states)]
     out: dict[int, Counter] = {t: Counter() for t in task_indices}
-    env = suite.make_env(min(num_envs, len(jobs)), chunk_size=chunk_size)
-    n = env.batch_size[0]
     tasks = suite.all_tasks()
     policy.eval()
-    for first in range(0, len(jobs), n):
-        batch = jobs[first:first + n]
-        batch += [batch[-1]] * (n - len(batch))  # pad the last batch; padded runs are ignored
-        td = env.reset(_prompts(batch))
-        step = ActivePolicyStep(policy, True, n, [tasks[t].instruction for t, _ in batch])
+    for env, td, padded, batch in episode_batches(suite, jobs, chunk_size=chunk_size, num_envs=num_envs):
+        step = ActivePolicyStep(policy, True, len(padded), [tasks[t].instruction for t, _ in padded])
         start = [{o.key: sim.pos(o.key) for o in sim.task.objects} for sim in env.sims]
-        grasp: list[str | None] = [None] * n
+        grasp: list[str | None] = [None] * len(padded)
         for _ in range(suite.max_decisions(chunk_size)):
             td = env.step(step(td))["next"]
             grasp = [g or sim.attached for g, sim in zip(grasp, env.sims, strict=True)]
             if td["done"].all():
                 break
-        for i, (t, _) in enumerate(jobs[first:first + n]):
+        for i, (t, _) in enumerate(batch):
             out[t][_outcome(env.sims[i], start[i], grasp[i], bool(td["success"][i]))] += 1
-    env.close()
     return out
 
 

@@ -29,6 +29,22 @@ def _prompts(jobs: list[tuple[int, int]]) -> TensorDict:
                        "group_id": torch.zeros(len(jobs), 1, dtype=torch.int64)}, batch_size=[len(jobs)])
 
 
+def episode_batches(suite: TabletopSuite, jobs: list[tuple[int, int]], *, chunk_size: int, num_envs: int):
+    """Resets one env to each batch of ``(task, state)`` jobs, ``num_envs`` at a time, and yields
+    ``(env, td, padded, batch)``: ``batch`` the real jobs (the first sub-envs), ``padded`` them plus
+    copies of the last one filling the env (those sub-envs run too; ignore their results).
+    Closes the env at the end."""
+    env = suite.make_env(min(num_envs, len(jobs)), chunk_size=chunk_size)
+    n = env.batch_size[0]
+    try:
+        for start in range(0, len(jobs), n):
+            batch = jobs[start : start + n]
+            padded = batch + [batch[-1]] * (n - len(batch))
+            yield env, env.reset(_prompts(padded)), padded, batch
+    finally:
+        env.close()
+
+
 def expert_success(
     suite: TabletopSuite,
     task_indices: Sequence[int],
@@ -40,21 +56,15 @@ def expert_success(
     """Run the expert on every (task, state) pair, ``num_envs`` episodes at a time."""
     jobs = [(t, s) for t in task_indices for s in states]
     results = {t: ExpertResult([], []) for t in task_indices}
-    env = suite.make_env(min(num_envs, len(jobs)), chunk_size=chunk_size)
-    n = env.batch_size[0]
-    for start in range(0, len(jobs), n):
-        batch = jobs[start : start + n]
-        batch += [batch[-1]] * (n - len(batch))  # pad the last batch; padded runs are ignored
-        td = env.reset(_prompts(batch))
+    for env, td, _, batch in episode_batches(suite, jobs, chunk_size=chunk_size, num_envs=num_envs):
         for _ in range(suite.max_decisions(chunk_size)):
             td["action"] = env.expert_chunk()
             td = env.step(td)["next"]
             if td["done"].all():
                 break
-        for i, (t, _) in enumerate(jobs[start : start + n]):
+        for i, (t, _) in enumerate(batch):
             results[t].successes.append(bool(td["success"][i]))
             results[t].steps.append(env.sims[i].steps)
-    env.close()
     return results
 
 
