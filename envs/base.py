@@ -57,6 +57,8 @@ TASK_INDEX_KEY = "task_index"
 INIT_STATE_KEY = "init_state_id"
 GROUP_ID_KEY = "group_id"
 SUCCESS_KEY = "success"
+#: a MuJoCo suite's flag: this sub-env's episode ended because the simulation went unstable
+UNSTABLE_KEY = "unstable"
 PROMPT_KEYS = (TASK_INDEX_KEY, INIT_STATE_KEY, GROUP_ID_KEY)
 
 

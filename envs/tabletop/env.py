@@ -19,6 +19,7 @@ from ..base import (
     PROMPT_KEYS,
     SUCCESS_KEY,
     TASK_INDEX_KEY,
+    UNSTABLE_KEY,
     apply_reset_prompts,
     set_contract_specs,
 )
@@ -80,8 +81,8 @@ class TabletopEnv(EnvBase):
         self._images = np.zeros((n, s, s, 3), dtype=np.uint8)
         self._wrist = np.zeros((n, s, s, 3), dtype=np.uint8) if suite.wrist_camera else None
         self._success = np.zeros(n, dtype=bool)
-        #: episodes ended early because the simulation went unstable (see ``_run_chunk``)
-        self.diverged_episodes = 0
+        #: sub-envs whose episode ended because the simulation went unstable (see ``_run_chunk``)
+        self._unstable = np.zeros(n, dtype=bool)
         self._ids = {k: torch.zeros(n, 1, dtype=torch.int64) for k in PROMPT_KEYS}
 
     def _make_specs(self) -> None:
@@ -95,6 +96,7 @@ class TabletopEnv(EnvBase):
             observation=Composite(**obs, shape=(n,)),
             language_instruction=NonTensor(shape=(n,), example_data="put the bowl on the plate"),
             success=Categorical(2, dtype=torch.bool, shape=(n, 1)),
+            unstable=Categorical(2, dtype=torch.bool, shape=(n, 1)),
             **ids,
             shape=(n,),
         )
@@ -137,6 +139,7 @@ class TabletopEnv(EnvBase):
         return TensorDict(
             {"observation": obs, INSTRUCTION_KEY: NonTensorStack(*instructions),
              SUCCESS_KEY: torch.from_numpy(self._success.copy()).unsqueeze(-1),
+             UNSTABLE_KEY: torch.from_numpy(self._unstable.copy()).unsqueeze(-1),
              **{k: v.clone() for k, v in self._ids.items()}},
             batch_size=[n],
         )
@@ -151,7 +154,7 @@ class TabletopEnv(EnvBase):
                 raise ValueError(f"task_index {t} is out of range; expected 0 <= task_index < {num_tasks}")
             self.sims[i] = self._sim(i, t)
             self.sims[i].reset(int(self._ids[INIT_STATE_KEY][i]))
-            self._success[i] = False
+            self._success[i] = self._unstable[i] = False
             self._render(i)
         out = self._obs()
         out.update(self._dones())
@@ -187,7 +190,7 @@ class TabletopEnv(EnvBase):
             sim.step(action)
             if diverged(sim.data):
                 sim.steps = limit
-                self.diverged_episodes += 1
+                self._unstable[i] = True
                 break
             if sim.success():
                 self._success[i] = True

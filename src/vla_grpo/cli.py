@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 # headless MuJoCo rendering; set before any simulator is imported
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -107,8 +108,9 @@ class VLACLI(LightningCLI):
                 value = self._get(self.config, f"trainer.{key}", default=None)
             except (AttributeError, KeyError, TypeError):  # no logger, or one without a save_dir
                 value = None
-            if isinstance(value, str) and os.path.exists(value) and not os.path.isdir(value):
-                self.parser.error(f"`--trainer.{key}`: {value} is a file, expected a run directory")
+            problem = _run_dir_problem(value) if isinstance(value, str) else None
+            if problem:
+                self.parser.error(f"`--trainer.{key}`: {problem}")
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError) as err:
@@ -127,6 +129,25 @@ class VLACLI(LightningCLI):
             if problem:
                 self.parser.error(problem)
         super()._parse_ckpt_path()
+
+
+def _run_dir_problem(path: str) -> str | None:
+    """Why ``path`` can't be a run directory (a file, or nowhere to write), else None.
+
+    Writability is probed by creating and removing a temporary directory in the
+    deepest existing ancestor: the permission bits don't tell for root, nor for a
+    read-only mount.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is a file, expected a run directory"
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".vla_grpo_write_probe_").cleanup()
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror}), expected a writable run directory"
+    return None
 
 
 def _model_link(name: str):
@@ -197,7 +218,7 @@ def main(args: list[str] | None = None) -> None:
         return
     from vla_grpo.checkpoint import CheckpointWriteError
     from vla_grpo.envs.demos import DemoFileError
-    from vla_grpo.module import NonFiniteUpdatesError
+    from vla_grpo.guard import NonFiniteUpdatesError
 
     problem = _check_config_files(argv)
     if problem:

@@ -30,6 +30,7 @@ from vla_grpo.keys import (
     TASK_INDEX_KEY,
     TRAJ_ID_KEY,
     TRAJ_TOKENS_KEY,
+    UNSTABLE_KEY,
 )
 
 #: what a stored decision keeps of a rollout step (instructions stay out: non-tensor
@@ -102,6 +103,12 @@ def split_trajectories(data: TensorDict, traj_ids: list[int], *, tokens_per_deci
 def trajectory_returns(trajectories: list[TensorDict]) -> torch.Tensor:
     """``[len(trajectories)]`` binary returns."""
     return torch.tensor([float(t.get(RETURN_KEY)[0]) for t in trajectories])
+
+
+def unstable_episodes(data: TensorDict) -> int:
+    """Episodes of a ``[N, T]`` rollout that a diverged simulation ended (0 for suites without the flag)."""
+    unstable = data.get(("next", UNSTABLE_KEY), None)
+    return 0 if unstable is None else int((unstable.squeeze(-1) & data.get("valid")).any(-1).sum())
 
 
 class DynamicSamplingBuffer:
@@ -219,5 +226,5 @@ def _with_group_std(group: TensorDict) -> TensorDict:
 
 __all__ = [
     "DECISION_KEYS", "DynamicSamplingBuffer", "IdAllocator", "repeat_per_member", "split_trajectories",
-    "trajectory_returns",
+    "trajectory_returns", "unstable_episodes",
 ]

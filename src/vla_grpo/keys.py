@@ -20,6 +20,7 @@ from vla_grpo.envs.base import (  # noqa: F401  (re-exported)
     INIT_STATE_KEY,
     SUCCESS_KEY,
     TASK_INDEX_KEY,
+    UNSTABLE_KEY,
 )
 
 #: per-token log-probs of the sampled tokens under the rollout (old) policy

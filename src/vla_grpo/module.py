@@ -20,10 +20,10 @@ import math
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
+from vla_grpo.args import at_least, check_optimizer
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
 from vla_grpo.evaluation import EvalSpec, greedy_validation_step
 from vla_grpo.groups import (
@@ -32,7 +32,9 @@ from vla_grpo.groups import (
     repeat_per_member,
     split_trajectories,
     trajectory_returns,
+    unstable_episodes,
 )
+from vla_grpo.guard import NonFiniteGuard, NonFiniteUpdatesError  # noqa: F401  (re-exported)
 from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.policies.base import check_policy_fits_suite
@@ -61,16 +63,6 @@ def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
     """The total 2-norm of ``module``'s gradients (what norm clipping compares with its bound)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-
-
-class NonFiniteUpdatesError(RuntimeError):
-    """Too many updates in a row had a non-finite loss or gradient: the run stops (the last
-    checkpoint, written before them, holds finite weights)."""
-
-
-def _positive(name: str, value: float, minimum: float = 1) -> None:
-    if value < minimum:
-        raise ValueError(f"`--model.{name}` must be >= {minimum} (got {value})")
 
 
 def _first_train_state(train_first_state: int | None, eval_states_per_task: int) -> int:
@@ -107,6 +99,8 @@ class GRPOModule(L.LightningModule):
             rollouts, but it learned less in the quickstart) or ``uniform``.
         num_workers: simulator processes per rank (1 = in the trainer process).
         worker_timeout_s: a simulator worker silent this long is restarted.
+        max_worker_restarts: a round whose simulator worker died, hung or raised is
+            re-run after restarting the workers, at most this many times in a row.
         pipeline_rollouts: step two halves of the simulator workers in turn, the
             policy acting on one half while the other simulates (needs
             ``num_workers >= 2``). Measured 1.08-1.10x the env-steps/s with the
@@ -149,6 +143,7 @@ class GRPOModule(L.LightningModule):
         prompt_sampling: str = "success_aware",
         num_workers: int = 1,
         worker_timeout_s: float = 120.0,
+        max_worker_restarts: int = 3,
         pipeline_rollouts: bool = False,
         ppo_epochs: int = 1,
         num_minibatches: int = 2,
@@ -175,7 +170,7 @@ class GRPOModule(L.LightningModule):
         self.prompts_per_round = prompts_per_round or groups_per_step
         self.reference = None
         self.sft = sft
-        self.nonfinite_in_a_row = 0
+        self.nonfinite = NonFiniteGuard(max_nonfinite_updates)
         self.training_rng = TrainingRNG()
         if init_from:
             from vla_grpo.checkpoint import load_policy_weights
@@ -186,15 +181,12 @@ class GRPOModule(L.LightningModule):
     def _check_args(self, suite: Suite, sft: SFTStage | None) -> None:
         """One-line errors naming the ``--model.*`` field for bad values."""
         hp = self.hparams
-        for name, minimum in (("group_size", 2), ("groups_per_step", 1), ("max_rollout_rounds", 1),
-                              ("ppo_epochs", 1), ("num_minibatches", 1), ("eval_states_per_task", 1),
-                              ("max_nonfinite_updates", 1)):
-            _positive(name, hp[name], minimum)
-        if hp.train_first_state is not None:
-            _positive("train_first_state", hp.train_first_state, 0)
+        minimum = dict(group_size=2, groups_per_step=1, max_rollout_rounds=1, ppo_epochs=1, num_minibatches=1,
+                       eval_states_per_task=1, max_nonfinite_updates=1, max_worker_restarts=0, num_workers=1,
+                       prompts_per_round=1, train_first_state=0)
+        at_least("model", **{k: (hp[k], m) for k, m in minimum.items() if hp[k] is not None})
         _check_prompt_pool(suite, _first_train_state(hp.train_first_state, hp.eval_states_per_task), hp.train_tasks)
-        if not hp.lr > 0 or hp.weight_decay < 0:  # AdamW's own check would fail later, as a traceback
-            raise ValueError(f"`--model.lr` must be > 0 and `--model.weight_decay` >= 0 (got {hp.lr}, {hp.weight_decay})")
+        check_optimizer(hp.lr, hp.weight_decay)
         if not hp.max_grad_norm > 0:
             raise ValueError(f"`--model.max_grad_norm` must be > 0 (got {hp.max_grad_norm})")
         if hp.rollout_temperature <= 0:
@@ -202,9 +194,6 @@ class GRPOModule(L.LightningModule):
         if hp.prompt_sampling not in PROMPT_SAMPLERS:  # here too, so a bad value fails before setup
             raise ValueError(f"`--model.prompt_sampling` must be one of {', '.join(map(repr, PROMPT_SAMPLERS))} "
                              f"(got {hp.prompt_sampling!r})")
-        _positive("num_workers", hp.num_workers)
-        if hp.prompts_per_round is not None:
-            _positive("prompts_per_round", hp.prompts_per_round)
         if hp.init_from and sft is not None:
             raise ValueError("`--model.init_from` and `--model.sft` both name a starting point; give one")
 
@@ -222,7 +211,7 @@ class GRPOModule(L.LightningModule):
         self.rollout = GroupedRollout(self.suite, num_envs=self.prompts_per_round * hp.group_size,
                                       chunk_size=self.policy.chunk_size, num_workers=hp.num_workers,
                                       seed=hp.seed * 1_000 + rank, worker_timeout_s=hp.worker_timeout_s,
-                                      pipeline=hp.pipeline_rollouts)
+                                      max_restarts=hp.max_worker_restarts, pipeline=hp.pipeline_rollouts)
         self.buffer = DynamicSamplingBuffer(hp.group_size, dynamic_sampling=hp.dynamic_sampling)
         self.group_ids, self.traj_ids = IdAllocator(rank, world), IdAllocator(rank, world)
         if self.loss.needs_reference and self.reference is None:
@@ -266,14 +255,15 @@ class GRPOModule(L.LightningModule):
     def collect(self) -> tuple[TensorDict | None, dict[str, float]]:
         """Roll out rounds until every rank holds ``groups_per_step`` mixed groups."""
         G, need = self.hparams.group_size, self.hparams.groups_per_step
-        successes, episodes, rounds, env_rate = 0.0, 0, 0, []
+        successes, episodes, unstable, rounds, env_rate = 0.0, 0, 0, 0, []
         while rounds < self.hparams.max_rollout_rounds:
             if self._reduce(self.buffer.num_groups, "min") >= need:
                 break
-            returns, rate = self._rollout_round()
+            returns, round_unstable = self._rollout_round()
             successes += float(returns.sum())
             episodes += returns.numel()
-            env_rate.append(rate)
+            unstable += round_unstable
+            env_rate.append(self.rollout.last_env_steps_per_s)
             rounds += 1
         stats = self.buffer.stats()
         data = self.buffer.pop_groups(need)
@@ -286,21 +276,24 @@ class GRPOModule(L.LightningModule):
             "rollout/train_groups": float(0 if data is None else torch.unique(data["group_id"]).numel()),
             "perf/env_steps_per_s": sum(env_rate) / max(len(env_rate), 1),
             "perf/decisions_per_s": self.rollout.last_decisions_per_s,
+            "rollout/unstable_episodes": float(unstable),  # ended early by a diverged simulation
+            **{f"faults/worker_{kind}": float(n) for kind, n in self.rollout.faults.items()},  # run totals
         }
         return data, metrics
 
-    def _rollout_round(self) -> tuple[torch.Tensor, float]:
-        """One round of the paper's loop; returns the ``[prompts, G]`` returns and the env-steps/s."""
+    def _rollout_round(self) -> tuple[torch.Tensor, int]:
+        """One round of the paper's loop; returns the ``[prompts, G]`` returns and the unstable episodes."""
         G = self.hparams.group_size
         prompts = self.sampler.draw(self.prompts_per_round)                                  # draw
         members, groups = repeat_per_member(prompts, self.group_ids.take(len(prompts)), G)
         data = self.rollout.run(self.policy, members, groups)                                # roll out
         trajs = split_trajectories(data, self.traj_ids.take(len(members)),                   # split, reward
                                    tokens_per_decision=self.policy.tokens_per_decision)
-        self.buffer.extend(trajs, prompt_instructions(self.suite, members))  # keep mixed groups, advantages
+        instructions = prompt_instructions(self.suite, members)
+        self.buffer.extend(trajs, instructions)                                              # keep mixed groups
         returns = trajectory_returns(trajs).view(len(prompts), G)
         self.sampler.update_groups(prompts, returns)                                         # update sampler
-        return returns, self.rollout.last_env_steps_per_s
+        return returns, unstable_episodes(data)
 
     def update(self, data: TensorDict | None) -> dict[str, float]:
         """``ppo_epochs`` x ``num_minibatches`` optimizer steps (the same count on every rank)."""
@@ -344,7 +337,7 @@ class GRPOModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         norm = _grad_norm(self.policy)
-        if self._skip_nonfinite(loss, norm):
+        if self.nonfinite.skip(loss, norm, step=self.global_step, on_any_rank=lambda bad: self._reduce(bad) > 0):
             # the optimizer skips parameters whose grad is None: weights and AdamW's moments stay
             opt.zero_grad(set_to_none=True)
             out["nonfinite_fraction"] = 1.0
@@ -362,27 +355,6 @@ class GRPOModule(L.LightningModule):
         if batch is not None:
             out["grad_norm"] = float(norm) if math.isfinite(float(norm)) else float("nan")
         return out
-
-    def _skip_nonfinite(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
-        """Whether this update has a NaN/inf loss or gradient on any rank (every rank skips it
-        together); raises :class:`NonFiniteUpdatesError` after ``max_nonfinite_updates`` in a row."""
-        bad = not (math.isfinite(float(loss.detach())) and math.isfinite(float(norm)))
-        if self.trainer.world_size > 1:
-            bad = self._reduce(float(bad)) > 0
-        if not bad:
-            self.nonfinite_in_a_row = 0
-            return False
-        self.nonfinite_in_a_row += 1
-        limit = self.hparams.max_nonfinite_updates
-        rank_zero_warn(f"GRPO step {self.global_step}: non-finite loss or gradient (loss {float(loss.detach())}, "
-                       f"grad norm {float(norm)}); update skipped ({self.nonfinite_in_a_row} in a row, "
-                       f"stopping at {limit})")
-        if self.nonfinite_in_a_row >= limit:
-            raise NonFiniteUpdatesError(
-                f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient (GRPO step "
-                f"{self.global_step}): stopping. The weights are those of the last finite update; lower "
-                f"--model.lr or --model.max_grad_norm, or raise --model.max_nonfinite_updates")
-        return True
 
     # -- exact resume (vla_grpo.resume) -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -43,7 +43,7 @@ class TrainingRNG:
 def _rank_state(module) -> dict:
     return {"sampler": module.sampler.state_dict(), "buffer": module.buffer.state_dict(),
             "group_ids": module.group_ids.state_dict(), "traj_ids": module.traj_ids.state_dict(),
-            "rng": module.training_rng.state, "nonfinite_in_a_row": module.nonfinite_in_a_row}
+            "rng": module.training_rng.state, "nonfinite_in_a_row": module.nonfinite.in_a_row}
 
 
 def gather_resume_state(module) -> dict:
@@ -83,7 +83,7 @@ def restore_resume_state(module, resume: dict | None) -> None:
     module.group_ids.load_state_dict(state["group_ids"])
     module.traj_ids.load_state_dict(state["traj_ids"])
     module.training_rng.state = state["rng"]
-    module.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
+    module.nonfinite.in_a_row = int(state["nonfinite_in_a_row"])
 
 
 __all__ = ["RESUME_KEY", "TrainingRNG", "gather_resume_state", "restore_resume_state"]

@@ -23,6 +23,9 @@ from vla_grpo.keys import ACTION_KEY, INSTRUCTION_KEY, VLA_ACTION_KEY
 from vla_grpo.prompts import Prompt, prompt_instructions, prompt_reset_td
 from vla_grpo.simpool import SimulatorError, make_pool
 
+#: the kinds of worker failure :attr:`GroupedRollout.faults` counts
+FAULT_KINDS = ("died", "hung", "raised")
+
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, max(1, min(n, k)) + 1) if n % d == 0)
@@ -35,8 +38,10 @@ class GroupedRollout:
     ``num_workers`` processes (:class:`~vla_grpo.simpool.SimulatorPool`; why not
     TorchRL's ``ParallelEnv`` is in that module), or live in this process when
     ``num_workers == 1`` (:class:`~vla_grpo.simpool.InProcessPool`); the loop is
-    the same. A worker that dies or stops answering for ``worker_timeout_s`` is
-    restarted and the round re-run, so a partial trajectory never leaves :meth:`run`.
+    the same. When a worker dies, stops answering for ``worker_timeout_s`` or its
+    env raises, the simulators are restarted and the round re-run (at most
+    ``max_restarts`` times in a row), so a partial trajectory never leaves
+    :meth:`run`; :attr:`faults` counts each kind.
 
     Args:
         suite: the task suite.
@@ -47,7 +52,7 @@ class GroupedRollout:
         seed: env seed.
         worker_timeout_s: seconds without an answer after which a worker is
             declared hung.
-        max_restarts: restarts per round before giving up.
+        max_restarts: restarts per round before giving up (the last error is raised).
         pipeline: with ``num_workers >= 2``, split the workers into two halves
             and step them in turn: the policy runs on one half's observations
             while the other half simulates (two policy calls per decision, each
@@ -66,7 +71,8 @@ class GroupedRollout:
         self.max_restarts = max_restarts
         self.pipeline = bool(pipeline) and self.num_workers >= 2
         self.max_decisions = suite.max_decisions(chunk_size)
-        self.restarts = 0
+        #: worker failures so far, by kind: died (crash, OOM kill), hung (timeout), raised (env error)
+        self.faults = dict.fromkeys(FAULT_KINDS, 0)
         self.last_env_steps_per_s = 0.0
         self.last_decisions_per_s = 0.0
         self.pool = None  # built on the first run
@@ -81,9 +87,14 @@ class GroupedRollout:
             self.pool.close()
         self.pool = None
 
+    @property
+    def restarts(self) -> int:
+        return sum(self.faults.values())
+
     def _restart(self, err: BaseException) -> None:
-        self.restarts += 1
-        warnings.warn(f"rollout worker failed ({type(err).__name__}: {str(err)[:200]}); "
+        kind = "raised" if isinstance(err, SimulatorError) else "hung" if isinstance(err, TimeoutError) else "died"
+        self.faults[kind] += 1
+        warnings.warn(f"rollout worker failed ({type(err).__name__}: {str(err)[-300:]}); "
                       f"restarting the simulators and re-running the round (restart {self.restarts})",
                       stacklevel=3)
         self.close()
@@ -104,9 +115,8 @@ class GroupedRollout:
                                           num_workers=self.num_workers, seed=self.seed,
                                           timeout_s=self.worker_timeout_s)
                 return self._run_once(policy, prompts, group_ids, greedy)
-            except SimulatorError:
-                raise  # the env itself raised: re-running would raise again
-            except (RuntimeError, EOFError, OSError, TimeoutError) as err:
+            except (RuntimeError, EOFError, OSError, TimeoutError) as err:  # SimulatorError too
+                # an env error may be a rare state or a bug: after max_restarts re-runs it is raised
                 if attempt == self.max_restarts or self.num_workers == 1:
                     raise
                 self._restart(err)
@@ -125,6 +135,9 @@ class GroupedRollout:
         done = data.get(("next", "done")).squeeze(-1)
         # entries after an episode's end are its frozen final state: valid until first done
         valid = (done.long().cumsum(-1) - done.long()) == 0
+        if not done.any(-1).all():  # the suite contract: every episode ends by its step limit
+            raise RuntimeError(f"{int((~done.any(-1)).sum())} episodes did not end within {self.max_decisions} "
+                               f"decisions (the suite's longest step limit); a partial trajectory is never kept")
         data.set("valid", valid)
         decisions = int(valid.sum())
         self.last_decisions_per_s = decisions / elapsed
@@ -273,4 +286,4 @@ class ActivePolicyStep:
         return flat.reshape(shape)
 
 
-__all__ = ["ActivePolicyStep", "GroupedRollout"]
+__all__ = ["FAULT_KINDS", "ActivePolicyStep", "GroupedRollout"]

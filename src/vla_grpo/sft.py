@@ -27,6 +27,7 @@ import torch
 from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
+from vla_grpo.args import at_least, check_optimizer
 from vla_grpo.data.windows import PAD_KEY
 from vla_grpo.envs.base import Suite
 from vla_grpo.evaluation import EvalSpec, greedy_validation_step
@@ -80,14 +81,9 @@ class SFTModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("eval_states_per_task", eval_states_per_task), ("eval_num_envs", eval_num_envs),
-                            ("eval_num_workers", eval_num_workers)):
-            if value < 1:
-                raise ValueError(f"`--model.{name}` must be >= 1 (got {value})")
-        if instruction_noise < 0:
-            raise ValueError(f"`--model.instruction_noise` must be >= 0 (got {instruction_noise})")
-        if not lr > 0 or weight_decay < 0:  # AdamW's own check would fail later, as a traceback
-            raise ValueError(f"`--model.lr` must be > 0 and `--model.weight_decay` >= 0 (got {lr}, {weight_decay})")
+        at_least("model", eval_states_per_task=(eval_states_per_task, 1), eval_num_envs=(eval_num_envs, 1),
+                 eval_num_workers=(eval_num_workers, 1), instruction_noise=(instruction_noise, 0))
+        check_optimizer(lr, weight_decay)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`--model.lr_schedule` must be 'constant' or 'cosine' (got {lr_schedule!r})")
         self.save_hyperparameters(ignore=["policy", "suite"])

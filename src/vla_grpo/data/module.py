@@ -19,6 +19,7 @@ import torch
 from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
+from vla_grpo.args import at_least
 from vla_grpo.data.augment import color_jitter, random_shift
 from vla_grpo.data.windows import DemoWindows, batch_is_ready
 from vla_grpo.envs.base import Suite
@@ -87,11 +88,9 @@ class DemoDataModule(L.LightningDataModule):
         eval_batch_size: int = 16,
     ) -> None:
         super().__init__()
-        for name, value, low in (("demos_per_task", demos_per_task, 0), ("first_state", first_state, 0),
-                                 ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                 ("random_shift", random_shift, 0), ("color_jitter", color_jitter, 0)):
-            if value < low:
-                raise ValueError(f"`--data.{name}` must be >= {low} (got {value})")
+        at_least("data", demos_per_task=(demos_per_task, 0), first_state=(first_state, 0),
+                 batch_size=(batch_size, 1), num_workers=(num_workers, 0), random_shift=(random_shift, 0),
+                 color_jitter=(color_jitter, 0))
         if suite is None:
             raise ValueError("`--data.suite` is not set: the CLI links it from `--model.suite`; "
                              "in Python pass **vla_grpo.data.model_links(model)")
