@@ -193,18 +193,25 @@ def _check_config_files(argv: list[str]) -> str | None:
 
 
 def _check_ckpt_path(path: str | None, subcommand: str) -> str | None:
-    """An error line for a ``--ckpt_path`` that is missing or not a readable checkpoint."""
+    """An error line for a ``--ckpt_path`` that is missing or not a readable checkpoint (a file, or
+    the folder of a sharded one: FSDP2's ``torch.distributed.checkpoint`` shards and Lightning's ``meta.pt``)."""
     if path is None or path in ("last", "best", "hpc", "registry"):  # Lightning's named checkpoints
         return None
-    if not os.path.isfile(path):
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+    sharded = os.path.isdir(path)
+    meta = os.path.join(path, _METADATA_FILENAME) if sharded else path
+    if sharded and not (os.path.isfile(meta) and os.path.isfile(os.path.join(path, ".metadata"))):
+        return f"`--ckpt_path`: {path} is a folder but not a sharded checkpoint (no {_METADATA_FILENAME}, .metadata)"
+    if not os.path.isfile(meta):
         return f"`--ckpt_path`: no checkpoint file at {path} (for `{subcommand}`)"
     import torch
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # torch raises several types for a corrupt or truncated file
-        return f"`--ckpt_path`: {path} is not a readable checkpoint ({type(err).__name__}; truncated or not a .ckpt?)"
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return f"`--ckpt_path`: {meta} is not a readable checkpoint ({type(err).__name__}; truncated or not a .ckpt?)"
+    if not isinstance(ckpt, dict) or ("state_dict" not in ckpt and not sharded):
         return f"`--ckpt_path`: {path} has no 'state_dict' (expected a Lightning .ckpt)"
     return None
 

@@ -20,7 +20,7 @@ import math
 
 import lightning as L
 import torch
-from tensordict import TensorDict
+from tensordict import NonTensorStack, TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from vla_grpo.args import at_least, check_optimizer
@@ -35,7 +35,7 @@ from vla_grpo.groups import (
     unstable_episodes,
 )
 from vla_grpo.guard import NonFiniteGuard, NonFiniteUpdatesError  # noqa: F401  (re-exported)
-from vla_grpo.keys import ENTROPY_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
+from vla_grpo.keys import ENTROPY_KEY, INSTRUCTION_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.policies.base import check_policy_fits_suite
 from vla_grpo.prompts import (
@@ -46,6 +46,7 @@ from vla_grpo.prompts import (
 )
 from vla_grpo.resume import RESUME_KEY, TrainingRNG, gather_resume_state, restore_resume_state
 from vla_grpo.rollout import GroupedRollout
+from vla_grpo.sharding import full_norm, is_sharded, shard_policy
 from vla_grpo.stages import SFTStage
 
 
@@ -62,7 +63,7 @@ class _StepTicker(IterableDataset):
 def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
     """The total 2-norm of ``module``'s gradients (what norm clipping compares with its bound)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    return full_norm(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros(())
 
 
 def _first_train_state(train_first_state: int | None, eval_states_per_task: int) -> int:
@@ -217,6 +218,22 @@ class GRPOModule(L.LightningModule):
         if self.loss.needs_reference and self.reference is None:
             self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2): shard the policy over the data-parallel ranks."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError("`--trainer.strategy`: FSDPStrategy (FSDP1) gathers the weights per policy call, and ranks "
+                             "make different numbers of rollout calls (deadlock); use ModelParallelStrategy (FSDP2, "
+                             "docs/SCALING.md)")
+        if isinstance(self.trainer.strategy, ModelParallelStrategy):
+            if self.device_mesh["tensor_parallel"].size() != 1:
+                raise ValueError("`--trainer.strategy`: the policy is sharded with FSDP only; give ModelParallelStrategy "
+                                 "tensor_parallel_size=1 and data_parallel_size=<number of processes> (its 'auto' "
+                                 "splits each node's devices for tensor parallelism)")
+            bf16 = "bf16" in str(self.trainer.precision)
+            shard_policy(self.policy, self.device_mesh["data_parallel"], param_dtype=torch.bfloat16 if bf16 else None)
+
     def teardown(self, stage: str) -> None:
         if getattr(self, "rollout", None) is not None:
             self.rollout.close()
@@ -291,6 +308,7 @@ class GRPOModule(L.LightningModule):
                                    tokens_per_decision=self.policy.tokens_per_decision)
         instructions = prompt_instructions(self.suite, members)
         self.buffer.extend(trajs, instructions)                                              # keep mixed groups
+        self._filler = trajs[0][:1].set(INSTRUCTION_KEY, NonTensorStack(instructions[0]))  # see _minibatch_step
         returns = trajectory_returns(trajs).view(len(prompts), G)
         self.sampler.update_groups(prompts, returns)                                         # update sampler
         return returns, unstable_episodes(data)
@@ -321,7 +339,11 @@ class GRPOModule(L.LightningModule):
         return {f"train/{k}": v / steps for k, v in sums.items()}
 
     def _minibatch_step(self, opt, batch: TensorDict | None, last: bool) -> dict[str, float]:
-        if batch is None:
+        if batch is None and is_sharded(self.policy):
+            # an empty rank still joins FSDP's per-layer gathers and reductions: a real pass, weight 0
+            loss = self.policy.score(self._filler.to(self.device))[0].sum() * 0.0
+            out = {}
+        elif batch is None:
             # an empty rank still joins DDP's gradient all-reduce, with zero gradient
             loss = sum(p.sum() * 0.0 for p in self.policy.parameters())
             out = {}

@@ -21,6 +21,7 @@ from tensordict import NonTensorStack, TensorDict, TensorDictBase
 from vla_grpo.envs.base import Suite
 from vla_grpo.keys import ACTION_KEY, INSTRUCTION_KEY, VLA_ACTION_KEY
 from vla_grpo.prompts import Prompt, prompt_instructions, prompt_reset_td
+from vla_grpo.sharding import gathered
 from vla_grpo.simpool import SimulatorError, make_pool
 
 #: the kinds of worker failure :attr:`GroupedRollout.faults` counts
@@ -108,18 +109,21 @@ class GroupedRollout:
         """
         if len(prompts) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} prompts (one per sub-env), got {len(prompts)}")
-        for attempt in range(self.max_restarts + 1):
-            try:
-                if self.pool is None:
-                    self.pool = make_pool(self.suite, num_envs=self.num_envs, chunk_size=self.chunk_size,
-                                          num_workers=self.num_workers, seed=self.seed,
-                                          timeout_s=self.worker_timeout_s)
-                return self._run_once(policy, prompts, group_ids, greedy)
-            except (RuntimeError, EOFError, OSError, TimeoutError) as err:  # SimulatorError too
-                # an env error may be a rare state or a bug: after max_restarts re-runs it is raised
-                if attempt == self.max_restarts or self.num_workers == 1:
-                    raise
-                self._restart(err)
+        # an FSDP-sharded policy rolls out with whole weights, gathered once (re-runs included: the
+        # other ranks don't re-run, so nothing inside may be collective)
+        with gathered(policy):
+            for attempt in range(self.max_restarts + 1):
+                try:
+                    if self.pool is None:
+                        self.pool = make_pool(self.suite, num_envs=self.num_envs, chunk_size=self.chunk_size,
+                                              num_workers=self.num_workers, seed=self.seed,
+                                              timeout_s=self.worker_timeout_s)
+                    return self._run_once(policy, prompts, group_ids, greedy)
+                except (RuntimeError, EOFError, OSError, TimeoutError) as err:  # SimulatorError too
+                    # an env error may be a rare state or a bug: after max_restarts re-runs it is raised
+                    if attempt == self.max_restarts or self.num_workers == 1:
+                        raise
+                    self._restart(err)
         raise AssertionError("unreachable")
 
     def _run_once(self, policy, prompts: list[Prompt], group_ids: list[int], greedy: bool) -> TensorDict:

@@ -241,6 +241,10 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         write_policy_json(path, self, max_instruction_tokens=self.max_instruction_tokens)
         return path
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP2 shards as units of their own (``vla_grpo.sharding``): each vision and decoder layer."""
+        return [*self.vision.encoder.layers, *self.lm.get_decoder().layers]
+
     # -- OpenVLA vocab-tail action tokens ------------------------------------------
     def _rebuild_tokenizer(self, vocab_size: int | None = None) -> None:
         from torchrl.data.vla import VocabTailActionTokenizer
@@ -309,7 +313,9 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
 
         batch_shape = self._get_image(tensordict).shape[:-3]
         device = self._get_image(tensordict).device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
+        # not `autocast(enabled=False)` on CPU: that would switch off a caller's autocast (Lightning's bf16-mixed)
+        bf16 = self.bf16 and device.type == "cuda"
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             embeds, mask = self._sequence(tensordict)
             # parallel decoding: bidirectional attention, padded instruction tokens masked out;
             # positions skip the padding so a sample's logits don't depend on its batch-mates
