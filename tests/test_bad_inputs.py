@@ -90,6 +90,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     # run directories
     "run dir is a file": (["fit", "-c", TOY, "--trainer.default_root_dir={a_file}",
                            "--trainer.logger.init_args.save_dir={a_file}"], "{a_file}"),
+    "--ckpt_path a folder, not a sharded checkpoint": (["fit", "-c", TOY, "--ckpt_path={tmp}"], "not a sharded checkpoint"),
     # sysfs takes no new files, even from root (for whom permission bits don't bind)
     "run dir not writable": (["fit", "-c", TOY, "--trainer.default_root_dir=/sys/vla_grpo_run",
                               "--trainer.logger.init_args.save_dir=/sys/vla_grpo_run"], "cannot write in /sys"),
