@@ -131,6 +131,18 @@ def test_expert_succeeds_on_a_sample_of_fixed_states(name, tasks):
 
 
 @pytest.mark.slow
+def test_expert_opens_a_drawer_by_its_handle():
+    """LIBERO-Goal's ``Open`` of the middle drawer: the gripper pitched to pinch the handle, then pulled."""
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.envs.tabletop.evaluate import expert_success
+
+    suite = LiberoSuite("libero_goal", unseen=[], task_ids=[0], image_size=32)
+    assert suite.all_tasks()[0].name == "libero_goal/open_the_middle_drawer_of_the_cabinet"
+    results = expert_success(suite, [0], [0, 5], chunk_size=4, num_envs=2)
+    assert all(all(r.successes) for r in results.values()), {t: r.successes for t, r in results.items()}
+
+
+@pytest.mark.slow
 def test_demos_command_writes_libero_demos(tmp_path):
     pytest.importorskip("libero.libero", reason=NO_LIBERO)
     from vla_grpo.cli import main
