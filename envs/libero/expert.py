@@ -13,8 +13,11 @@ replays the chunk as the expert would have acted and ends in that state.
 
 Goals covered: ``On(obj, target)`` and ``In(obj, region)`` pick-and-place
 (LIBERO-Spatial, -Object and most of -Goal), with the drawer holding the
-region opened first when it is closed; ``Open`` of a drawer, ``Turnon`` of
-the stove and ``On(plate, front region)`` by pushing (:mod:`.skills`).
+region opened first when it is closed; ``Open`` of a drawer and ``Turnon`` of
+the stove (:mod:`.skills`). Attempted but failing (docs/libero.md): the plate
+push ``On(plate, front region)`` (0/10: the hand meets the bowl beside the
+plate) and the bowl into the opened top drawer (0/10: the open drawer is over
+the bowl).
 """
 from __future__ import annotations
 
