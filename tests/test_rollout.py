@@ -19,7 +19,7 @@ from vla_grpo.keys import GROUP_ID_KEY, RETURN_KEY, TRAJ_TOKENS_KEY
 from vla_grpo.losses import GRPOLoss
 from vla_grpo.policies.tiny import TinyVLAPolicy
 from vla_grpo.prompts import Prompt, PromptSampler, SuccessAwarePromptSampler, ThompsonPromptSampler
-from vla_grpo.rollout import GroupedRollout
+from vla_grpo.rollout import GroupedRollout, IncompleteEpisodesError
 from vla_grpo.simpool import SimulatorError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,16 @@ def test_an_env_error_every_time_is_retried_max_restarts_times_then_raised():
                 pytest.raises(SimulatorError, match="simulator worker [01] failed(.|\n)*the simulation diverged"):
             rollout.run(_toy_policy(), [Prompt(0, 0)] * 4, [0] * 4)
         assert rollout.faults == {"died": 0, "hung": 0, "raised": 1}
+    finally:
+        rollout.close()
+
+
+def test_a_round_whose_episodes_did_not_end_is_refused():
+    rollout = GroupedRollout(ToyReachSuite(max_steps=40), num_envs=4, chunk_size=4)
+    rollout.max_decisions = 2  # as if a suite env had overrun its step limit (40 steps = 10 decisions)
+    try:
+        with pytest.raises(IncompleteEpisodesError, match=r"[1-4] episodes? did not end within 2 decisions"):
+            rollout.run(_toy_policy(), [Prompt(0, 0)] * 4, [0] * 4)
     finally:
         rollout.close()
 

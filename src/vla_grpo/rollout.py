@@ -24,6 +24,11 @@ from vla_grpo.prompts import Prompt, prompt_instructions, prompt_reset_td
 from vla_grpo.sharding import gathered
 from vla_grpo.simpool import SimulatorError, make_pool
 
+
+class IncompleteEpisodesError(Exception):
+    """A suite env did not end an episode by its step limit (a suite bug: raised, not re-run)."""
+
+
 #: the kinds of worker failure :attr:`GroupedRollout.faults` counts
 FAULT_KINDS = ("died", "hung", "raised")
 
@@ -140,8 +145,9 @@ class GroupedRollout:
         # entries after an episode's end are its frozen final state: valid until first done
         valid = (done.long().cumsum(-1) - done.long()) == 0
         if not done.any(-1).all():  # the suite contract: every episode ends by its step limit
-            raise RuntimeError(f"{int((~done.any(-1)).sum())} episodes did not end within {self.max_decisions} "
-                               f"decisions (the suite's longest step limit); a partial trajectory is never kept")
+            raise IncompleteEpisodesError(f"{int((~done.any(-1)).sum())} episodes did not end within "
+                                          f"{self.max_decisions} decisions (the suite's longest step limit); "
+                                          f"a partial trajectory is never kept")
         data.set("valid", valid)
         decisions = int(valid.sum())
         self.last_decisions_per_s = decisions / elapsed
@@ -290,4 +296,4 @@ class ActivePolicyStep:
         return flat.reshape(shape)
 
 
-__all__ = ["FAULT_KINDS", "ActivePolicyStep", "GroupedRollout"]
+__all__ = ["FAULT_KINDS", "ActivePolicyStep", "GroupedRollout", "IncompleteEpisodesError"]
