@@ -67,7 +67,8 @@ def test_two_nodes_on_localhost_shard_prompts_and_eval_keep_weights_equal_and_re
     for split in {it[0] for r in ranks for it in r["eval_items"]}:
         outcomes = [it[3] for r in ranks for it in r["eval_items"] if it[0] == split]
         assert ranks[0]["eval_metrics"][f"eval/{split}/success"] == pytest.approx(sum(outcomes) / len(outcomes))
-    # the 2-node checkpoint resumes on one process: weights, optimizer and step continue, samplers start fresh
+    # the 2-node checkpoint resumes on one process: weights, optimizer and step continue, the prompt
+    # statistics are re-sharded
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["grpo_resume"]["world_size"] == 2
     one = tmp_path / "one"

@@ -263,6 +263,29 @@ def test_ranks_get_disjoint_prompt_shards():
     assert a and b and not a & b
 
 
+@pytest.mark.parametrize("old_world, new_world", [(2, 1), (2, 3)])
+def test_a_checkpoint_on_another_world_size_hands_each_prompt_s_statistics_to_its_new_rank(old_world, new_world):
+    suite = TabletopSuite(image_size=16)
+    old = [SuccessAwarePromptSampler(suite, group_size=4, rank=r, world_size=old_world) for r in range(old_world)]
+    gen = torch.Generator().manual_seed(0)
+    for sampler in old:
+        for _ in range(5):
+            prompts = sampler.draw(4)
+            sampler.update_groups(prompts, (torch.rand(4, 4, generator=gen) < 0.5).float())
+    stats = {p: (s.successes[i], s.trials[i], s.mixed[i], s.visits[i]) for s in old for i, p in enumerate(s.prompts)}
+    states = [s.state_dict() for s in old]
+    new = [SuccessAwarePromptSampler(suite, group_size=4, rank=r, world_size=new_world) for r in range(new_world)]
+    for sampler in new:
+        sampler.load_resharded(states)
+        for i, p in enumerate(sampler.prompts):
+            assert (sampler.successes[i], sampler.trials[i], sampler.mixed[i], sampler.visits[i]) == stats[p]
+    assert sum(float(s.visits.sum()) for s in new) == pytest.approx(sum(float(s.visits.sum()) for s in old))
+    # a task's counts: the mean of the old ranks' (each counted its own visits)
+    task = new[0].task_ids[0]
+    olds = [float(s.task_visits[s.task_ids.index(task)]) for s in old if task in s.task_ids]
+    assert float(new[0].task_visits[0]) == pytest.approx(sum(olds) / len(olds))
+
+
 def test_training_prompts_leave_the_eval_states_out():
     suite = ToyReachSuite(num_init_states=10)
     held_out = PromptSampler(suite, first_state=4)

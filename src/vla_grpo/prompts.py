@@ -95,11 +95,16 @@ class PromptSampler:
         if not prompts:
             raise ValueError(f"no training prompts: every train task has <= {first_state} initial states "
                              "(`--model.train_first_state` too high?)")
-        self.prompts = prompts[rank::world_size] or prompts
+        self.all_prompts = prompts  # every rank's, in shard order: resharding a checkpoint maps through it
+        self.prompts = self._shard(rank, world_size)
         self.index = {p: i for i, p in enumerate(self.prompts)}
         self.num_phrasings = [t.num_phrasings for t in suite.all_tasks()]
         self.generator = torch.Generator().manual_seed(seed * 1_000 + rank)
         self.phrasing_generator = torch.Generator().manual_seed(seed * 1_000 + rank + 500)
+
+    def _shard(self, rank: int, world_size: int) -> list[Prompt]:
+        """Rank ``rank``'s prompts out of ``world_size`` (all of them when there are fewer prompts than ranks)."""
+        return self.all_prompts[rank::world_size] or self.all_prompts
 
     def weights(self) -> torch.Tensor:
         return torch.ones(len(self.prompts))
@@ -140,6 +145,14 @@ class PromptSampler:
                              "eval_states_per_task?)")
         self.generator.set_state(state["generator"])
         self.phrasing_generator.set_state(state["phrasing_generator"])
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """Take over what ``len(states)`` ranks learned about this rank's prompts (a checkpoint resumed on
+        another world size); the generators stay this rank's own. Uniform draws learn nothing."""
+        for r, state in enumerate(states):
+            if state["num_prompts"] != len(self._shard(r, len(states))):
+                raise ValueError(f"the checkpoint's rank {r} held {state['num_prompts']} prompts, this run's split "
+                                 f"gives it {len(self._shard(r, len(states)))} (another suite or train_tasks?)")
 
 
 class SuccessAwarePromptSampler(PromptSampler):
@@ -189,9 +202,9 @@ class SuccessAwarePromptSampler(PromptSampler):
         n = len(self.prompts)
         self.successes, self.trials = torch.zeros(n), torch.zeros(n)
         self.mixed, self.visits = torch.zeros(n), torch.zeros(n)
-        task_ids = sorted({p.task_index for p in self.prompts})
-        self.task_of = torch.tensor([task_ids.index(p.task_index) for p in self.prompts])
-        self.task_mixed, self.task_visits = torch.ones(len(task_ids)), torch.ones(len(task_ids))
+        self.task_ids = sorted({p.task_index for p in self.prompts})
+        self.task_of = torch.tensor([self.task_ids.index(p.task_index) for p in self.prompts])
+        self.task_mixed, self.task_visits = torch.ones(len(self.task_ids)), torch.ones(len(self.task_ids))
 
     def success_rate(self) -> torch.Tensor:
         """Recent success rate of every prompt (0.5 for unseen ones)."""
@@ -211,6 +224,25 @@ class SuccessAwarePromptSampler(PromptSampler):
         super().load_state_dict(state)
         for k in self._STATS:
             getattr(self, k).copy_(state[k])
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """Each prompt's statistics come from the rank that held it; a task's forgetting counts are
+        the mean over the old ranks that held some of its prompts (each rank counted its own visits)."""
+        super().load_resharded(states)
+        world, where, tasks = len(states), {}, {}
+        for r in range(world):
+            shard = self._shard(r, world)
+            for i, p in enumerate(shard):
+                where.setdefault(p, (r, i))
+            for pos, t in enumerate(sorted({p.task_index for p in shard})):
+                tasks.setdefault(t, []).append((r, pos))
+        for j, p in enumerate(self.prompts):
+            r, i = where[p]
+            for k in ("successes", "trials", "mixed", "visits"):
+                getattr(self, k)[j] = states[r][k][i]
+        for pos, t in enumerate(self.task_ids):
+            for k in ("task_mixed", "task_visits"):
+                getattr(self, k)[pos] = torch.stack([states[r][k][q] for r, q in tasks[t]]).mean()
 
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
         i = self.index.get(prompt.state)

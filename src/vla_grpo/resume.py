@@ -61,18 +61,20 @@ def gather_resume_state(module) -> dict:
 
 
 def restore_resume_state(module, resume: dict | None) -> None:
-    """Puts this rank's saved state back; on another world size only the id counters continue."""
+    """Puts this rank's saved state back; on another world size the prompt statistics are re-sharded
+    and the id counters continue."""
     if resume is None:
         rank_zero_warn("the checkpoint has no GRPO sampler/buffer/RNG state (written by an older version): "
                        "resuming with fresh ones, so the run will not repeat exactly")
         return
     world, rank = module.trainer.world_size, module.global_rank
     if resume["world_size"] != world:
-        # another world size shards the prompts differently: samplers and held groups start fresh;
-        # the ids continue past every id handed out, so they stay unique
-        rank_zero_warn(f"resuming a {resume['world_size']}-rank checkpoint on {world} ranks: the prompt samplers, "
-                       "held groups and random streams start fresh (weights, optimizer and step continue); "
-                       "the run is not an exact continuation")
+        # another world size shards the prompts differently: each prompt's statistics move to its new
+        # rank; held groups and random streams start fresh; the ids continue past every id handed out
+        rank_zero_warn(f"resuming a {resume['world_size']}-rank checkpoint on {world} ranks: the prompt statistics "
+                       "are re-sharded to the new ranks, held groups and random streams start fresh (weights, "
+                       "optimizer and step continue); the run is not an exact continuation")
+        module.sampler.load_resharded([r["sampler"] for r in resume["ranks"]])
         for name in ("group_ids", "traj_ids"):
             count = max(r[name]["count"] for r in resume["ranks"]) * resume["world_size"]
             getattr(module, name).load_state_dict({"count": -(-count // world)})
