@@ -1,5 +1,5 @@
 """FSDP2 through Lightning (``ModelParallelStrategy``) on CPU: a 2-rank fit of the transformers VLA
-with bf16 mixed precision, activation checkpointing and a sharded checkpoint, resumed from it."""
+with bf16 mixed precision, activation checkpointing and sharded checkpoints, resumed exactly from one."""
 from __future__ import annotations
 
 import json
@@ -39,22 +39,25 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("policy.")}
 
 
-def test_a_two_rank_fsdp_bf16_fit_of_the_transformers_vla_trains_and_resumes(tmp_path):
-    proc = _fit(tmp_path, 2)
+def test_a_two_rank_fsdp_bf16_fit_of_the_transformers_vla_trains_and_resumes_exactly(tmp_path):
+    proc = _fit(tmp_path, 3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         shard = r["sharding"]
         assert shard["class"].startswith("FSDP") and shard["param_dtypes"] == ["torch.bfloat16"]
         assert shard["local_numel"] < 0.6 * shard["full_numel"]  # each rank holds about half the weights
-        assert r["global_step"] == 2 and r["weights_changed"]
+        assert r["global_step"] == 3 and r["weights_changed"]
     # sharded checkpoints: one file of shards per rank, plus Lightning's meta.pt with the GRPO resume state
-    last = tmp_path / "ckpt" / "last.ckpt"
-    assert last.is_dir() and sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert torch.load(last / "meta.pt", weights_only=False)["grpo_resume"]["world_size"] == 2
-    step1, step2 = (_weights(next((tmp_path / "ckpt").glob(f"epoch=*-step={s}.ckpt"))) for s in (1, 2))
+    ckpts = {s: next((tmp_path / "ckpt").glob(f"epoch=*-step={s}.ckpt")) for s in (1, 2)}
+    assert ckpts[2].is_dir() and sorted(p.name for p in ckpts[2].glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert torch.load(ckpts[2] / "meta.pt", weights_only=False)["grpo_resume"]["world_size"] == 2
+    step1, step2 = _weights(ckpts[1]), _weights(ckpts[2])
     assert any(not torch.equal(step1[k], step2[k]) for k in step1)
-    resumed = _fit(tmp_path / "resumed", 3, f"--ckpt_path={last}")
+    # resumed from step 2, the third step lands on the uninterrupted run's weights, bit for bit
+    resumed = _fit(tmp_path / "resumed", 3, f"--ckpt_path={ckpts[2]}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
-    assert json.loads((tmp_path / "resumed" / "rank0.json").read_text())["global_step"] == 3
+    straight, again = _weights(tmp_path / "ckpt" / "last.ckpt"), _weights(tmp_path / "resumed" / "ckpt" / "last.ckpt")
+    for k, v in straight.items():
+        torch.testing.assert_close(again[k], v, rtol=0, atol=0)
