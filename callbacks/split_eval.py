@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from vla_grpo.envs.base import Suite
 from vla_grpo.evaluation import EvalItem, EvalPrompts, greedy_success
+from vla_grpo.sharding import is_sharded
 
 from .progress import annotate_eval_bar, eval_progress
 
@@ -226,13 +227,20 @@ class SplitEvaluation(Callback):
         of ``rollout.num_envs`` episodes at a time; with a ``trainer`` (and
         ``progress``) it shows episodes done and success so far. Returns ``(shard, success)``.
         """
-        shard = (items if items is not None else self.eval_items(pl_module))[rank::world_size]
-        rollout, success = pl_module.rollout, []
+        items = items if items is not None else self.eval_items(pl_module)
+        shard, n = items[rank::world_size], pl_module.rollout.num_envs
+        # every rank runs as many rollout batches as the largest shard needs: an FSDP-sharded policy
+        # gathers its weights for each batch on all ranks together (a short shard's extra batch is discarded)
+        batches = -(-len(items[0::world_size]) // n) if is_sharded(pl_module.policy) else -(-len(shard) // n)
+        success = []
         show = self.progress and trainer is not None and trainer.is_global_zero
         with eval_progress(trainer if show else None, len(shard)) as update:
-            for start in range(0, len(shard), rollout.num_envs):
-                chunk = shard[start:start + rollout.num_envs]
-                success.extend(greedy_success(rollout, pl_module.policy, chunk))
+            for b in range(batches):
+                chunk = shard[b * n:(b + 1) * n]
+                if not chunk:
+                    greedy_success(pl_module.rollout, pl_module.policy, items[:1])
+                    continue
+                success.extend(greedy_success(pl_module.rollout, pl_module.policy, chunk))
                 update(len(chunk), sum(success) / len(success))
         return shard, success
 

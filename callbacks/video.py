@@ -24,6 +24,7 @@ import torch
 from vla_grpo.envs.base import Suite
 from vla_grpo.keys import IMAGE_KEY, SUCCESS_KEY
 from vla_grpo.prompts import Prompt
+from vla_grpo.sharding import is_sharded
 
 from .split_eval import SplitEvalListener, SplitResult, task_label
 
@@ -178,11 +179,16 @@ class EvalVideo(SplitEvalListener):
     def on_split_evaluation_end(self, trainer: L.Trainer, pl_module, result: SplitResult) -> None:
         self._evals += 1
         due = result.stage != "fit" or (self._evals - 1) % self.every_n_evals == 0
-        if not (due and trainer.is_global_zero and getattr(pl_module, "rollout", None) is not None):
+        # an FSDP-sharded policy gathers its weights for a rollout on every rank together: all ranks
+        # roll the episodes out then, and rank 0 alone writes them
+        together = is_sharded(pl_module.policy)
+        if not (due and (trainer.is_global_zero or together) and getattr(pl_module, "rollout", None) is not None):
             return
         splits = [s for s in (self.splits or list(result.counts)) if s in pl_module.suite.splits]
         requests = [(s, p) for s in splits for p in video_prompts(pl_module.suite, s, self.episodes_per_split)]
         episodes = record_episodes(pl_module.rollout, pl_module.policy, pl_module.suite, requests)
+        if not trainer.is_global_zero:
+            return
         out_dir = self.out_dir() / f"step_{result.step:06d}"
         for split in splits:
             clip = compose_clip([e for e in episodes if e.split == split], tile_size=self.tile_size)

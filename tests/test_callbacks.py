@@ -78,6 +78,27 @@ def test_default_eval_set_follows_the_module_and_ranks_split_it():
     assert sorted(shards[0] + shards[1]) == sorted(items) and not set(shards[0]) & set(shards[1])
 
 
+def test_with_a_sharded_policy_every_rank_runs_as_many_eval_batches(monkeypatch):
+    """FSDP gathers the weights for each rollout batch on all ranks together: a rank whose shard
+    needs fewer batches runs (and discards) one more, instead of leaving the others waiting."""
+    import vla_grpo.callbacks.split_eval as split_eval
+
+    module = _holder(num_envs=4)
+    items = SplitEvaluation().eval_items(module)[:9]  # shards of 5 and 4 items: 2 and 1 batches of 4
+    calls = []
+    run = module.rollout.run
+    module.rollout.run = lambda *a, **kw: calls.append(1) or run(*a, **kw)
+    for sharded, expected in ((False, [2, 1]), (True, [2, 2])):
+        monkeypatch.setattr(split_eval, "is_sharded", lambda policy, s=sharded: s)
+        per_rank = []
+        for r in range(2):
+            calls.clear()
+            shard, success = SplitEvaluation().evaluate(module, items, rank=r, world_size=2)
+            per_rank.append(len(calls))
+            assert len(success) == len(shard) == (5, 4)[r]
+        assert per_rank == expected
+
+
 def test_greedy_eval_is_deterministic():
     module = _holder(num_envs=8)
     cb = SplitEvaluation(states_per_task=4)

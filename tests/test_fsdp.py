@@ -24,7 +24,11 @@ def _fit(run: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
            "--trainer.callbacks.init_args.save_last=true", "--trainer.callbacks.init_args.save_top_k=-1",
            "--trainer.callbacks.init_args.every_n_train_steps=1", f"--trainer.callbacks.init_args.dirpath={run}/ckpt",
-           "--trainer.callbacks+=tests.ddp_probe.DDPProbe", f"--trainer.callbacks.init_args.out_dir={run}", *extra]
+           "--trainer.callbacks+=tests.ddp_probe.DDPProbe", f"--trainer.callbacks.init_args.out_dir={run}",
+           # the eval extras roll out on every rank together (rank 0's video too): no rank waits alone
+           "--trainer.callbacks+=vla_grpo.callbacks.SplitEvaluation", "--trainer.callbacks.init_args.at_fit_end=true",
+           "--trainer.callbacks+=vla_grpo.callbacks.EvalVideo", "--trainer.callbacks.init_args.episodes_per_split=1",
+           *extra]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -48,6 +52,7 @@ def test_a_two_rank_fsdp_bf16_fit_of_the_transformers_vla_trains_and_resumes_exa
         assert shard["class"].startswith("FSDP") and shard["param_dtypes"] == ["torch.bfloat16"]
         assert shard["local_numel"] < 0.6 * shard["full_numel"]  # each rank holds about half the weights
         assert r["global_step"] == 3 and r["weights_changed"]
+    assert {p.parent.name for p in tmp_path.rglob("eval/videos/*/*.gif")} >= {"step_000003"}  # rank 0 wrote the clips
     # sharded checkpoints: one file of shards per rank, plus Lightning's meta.pt with the GRPO resume state
     ckpts = {s: next((tmp_path / "ckpt").glob(f"epoch=*-step={s}.ckpt")) for s in (1, 2)}
     assert ckpts[2].is_dir() and sorted(p.name for p in ckpts[2].glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

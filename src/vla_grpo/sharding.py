@@ -52,6 +52,7 @@ def shard_policy(policy: nn.Module, mesh, *, param_dtype: torch.dtype | None = N
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=mp)
     fully_shard(policy, mesh=mesh, mp_policy=mp)
+    policy.fsdp_param_dtype = param_dtype  # rollouts outside Lightning's autocast cast to it (gathered)
     register_fsdp_forward_method(policy, "score")  # act goes through forward
 
 
@@ -59,7 +60,8 @@ def shard_policy(policy: nn.Module, mesh, *, param_dtype: torch.dtype | None = N
 def gathered(policy: nn.Module):
     """Whole (all-gathered) weights on every rank inside the block; a no-op for an unsharded policy.
 
-    Every rank must enter together (it all-gathers). Calls inside gather nothing more.
+    Every rank must enter together (it all-gathers). Calls inside gather nothing more, and run
+    under autocast to the gathered dtype when it is not fp32.
     """
     units = _fsdp_units(policy)
     if not units:
@@ -68,8 +70,12 @@ def gathered(policy: nn.Module):
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
+    # bf16-gathered weights need bf16 inputs: autocast, also where Lightning's is not on (eval callbacks)
+    dtype = getattr(policy, "fsdp_param_dtype", None)
+    device = next(policy.parameters()).device.type
     try:
-        yield
+        with torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            yield
     finally:
         for unit in units:
             unit.reshard()
