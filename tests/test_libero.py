@@ -143,6 +143,20 @@ def test_expert_opens_a_drawer_by_its_handle():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", ["open_the_top_drawer_and_put_the_bowl_inside", "push_the_plate_to_the_front_of_the_stove"])
+def test_expert_clears_a_drawers_way_and_carries_a_plate_by_its_rim(task):
+    """LIBERO-Goal: the bowl under the top drawer's way dragged aside before the drawer opens, then put
+    inside; the plate (wider than the gripper) taken by its rim and carried to the stove's front."""
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.envs.tabletop.evaluate import expert_success
+
+    suite = LiberoSuite("libero_goal", unseen=[], image_size=32)
+    index = [t.name for t in suite.all_tasks()].index(f"libero_goal/{task}")
+    results = expert_success(suite, [index], [0, 2], chunk_size=4, num_envs=2)
+    assert all(all(r.successes) for r in results.values()), {t: r.successes for t, r in results.items()}
+
+
+@pytest.mark.slow
 def test_demos_command_writes_libero_demos(tmp_path):
     pytest.importorskip("libero.libero", reason=NO_LIBERO)
     from vla_grpo.cli import main

@@ -12,12 +12,11 @@ memory the look-ahead ended with: MuJoCo is deterministic, so the env
 replays the chunk as the expert would have acted and ends in that state.
 
 Goals covered: ``On(obj, target)`` and ``In(obj, region)`` pick-and-place
-(LIBERO-Spatial, -Object and most of -Goal), with the drawer holding the
-region opened first when it is closed; ``Open`` of a drawer and ``Turnon`` of
-the stove (:mod:`.skills`). Attempted but failing (docs/libero.md): the plate
-push ``On(plate, front region)`` (0/10: the hand meets the bowl beside the
-plate) and the bowl into the opened top drawer (0/10: the open drawer is over
-the bowl).
+(LIBERO-Spatial, -Object and -Goal; a plate, too wide to take across, is
+carried by its rim like a bowl's), with the drawer holding the region opened
+first when it is closed, after dragging a bowl out of the way it slides out
+(the hand could not reach the bowl under it); ``Open`` of a drawer and
+``Turnon`` of the stove (:mod:`.skills`).
 """
 from __future__ import annotations
 
@@ -34,16 +33,16 @@ from .motion import (
     place_point,
     subtree,
     surfaces,
+    too_wide,
     world_bbox,
 )
 from .sim import LiberoSim
 from .skills import (
+    clear_drawer_path,
     drawer_front_offset,
     drawer_is_open,
     drawer_joint,
     open_drawer,
-    push_flat,
-    too_wide,
     turn_knob,
 )
 
@@ -81,16 +80,14 @@ class LiberoExpert:
         mem = sim.expert_memory
         if not mem:
             goal = self._goal(sim)
-            mem.update(phase=0, timer=0, quat0=sim.eef_quat(), pos0=sim.eef_pos(), goal=goal, drawer=self._closed_drawer(sim, goal),
-                       push=goal[0] == "on" and too_wide(sim, goal[1]))
+            mem.update(phase=0, timer=0, quat0=sim.eef_quat(), pos0=sim.eef_pos(), goal=goal, drawer=self._closed_drawer(sim, goal))
         verb = mem["goal"][0]
         if mem["drawer"]:  # first open the drawer the goal names or puts something in
-            action = open_drawer(sim, mem, mem["drawer"])
+            action = clear_drawer_path(sim, mem, mem["drawer"]) if verb == "in" else None
+            action = open_drawer(sim, mem, mem["drawer"]) if action is None else action
             if action is not None:
                 return action
             mem.update(drawer=None, high=True)
-        if mem["push"]:
-            return push_flat(sim, mem)
         if verb in ("on", "in"):
             return self._pick_place(sim, mem)
         if verb == "turnon":
@@ -114,12 +111,13 @@ class LiberoExpert:
         return [str(g) for g in goals[0]]
 
     # -- pick and place ------------------------------------------------------------
-    def _grasp(self, sim: LiberoSim, obj: str) -> tuple[np.ndarray, float]:
+    def _grasp(self, sim: LiberoSim, obj: str, rim: bool) -> tuple[np.ndarray, float]:
         """Grasp point of ``obj`` and gripper yaw: the candidate whose hand clears the scene most.
 
-        A bowl is taken by its rim (the fingers straddle the wall), anything
-        else across its middle where the cut is narrower than the gripper; the
-        fingers close along the yawed y axis, yaws every 30 degrees.
+        A bowl or a plate is taken by its rim (the fingers straddle the wall, a
+        plate's as low as the fingertips go), anything else across its middle
+        where the cut is narrower than the gripper; the fingers close along the
+        yawed y axis, yaws every 30 degrees.
         """
         lo, hi = world_bbox(sim, obj)
         centre = sim.data.xpos[sim.env.env.obj_body_id[obj]].copy()
@@ -127,10 +125,10 @@ class LiberoExpert:
         candidates = []  # (point, yaw, closing direction)
         for yaw in YAWS:
             u = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
-            if "bowl" in obj:
+            if rim:
                 for sign in (1, -1):
                     point = centre + sign * (0.5 * (half[0] + half[1]) - 0.01) * u
-                    point[2] = hi[2] - 0.02
+                    point[2] = max(hi[2] - 0.02, lo[2] + 0.5 * height)
                     candidates.append((point, yaw, u))
                 continue
             cut = 2 * min(half[0] / max(abs(u[0]), 1e-6), half[1] / max(abs(u[1]), 1e-6))
@@ -166,7 +164,9 @@ class LiberoExpert:
         mem["timer"] += 1
         phase, t = mem["phase"], mem["timer"]
         if phase == 0:  # plan the grasp from the object's current pose
-            mem["grasp"], mem["yaw"] = self._grasp(sim, obj)
+            # judged once: a plate tilted by a missed grasp is no longer flat
+            rim = mem.setdefault("rim", "bowl" in obj or too_wide(sim, obj))
+            mem["grasp"], mem["yaw"] = self._grasp(sim, obj, rim)
             mem["obj_z0"] = float(world_bbox(sim, obj)[0][2])
             advance(mem)
             phase = 1

@@ -74,6 +74,14 @@ def world_bbox(sim: LiberoSim, name: str) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(0), pts.max(0)
 
 
+def too_wide(sim: LiberoSim, obj: str) -> bool:
+    """Wider than the gripper every way and flat (a plate): taken by its rim, not across."""
+    if obj not in sim.env.env.obj_body_id:
+        return False
+    lo, hi = world_bbox(sim, obj)
+    return bool(min((hi - lo)[:2]) > GRIP_WIDTH and (hi - lo)[2] < 0.03)
+
+
 def place_point(sim: LiberoSim, target: str) -> tuple[np.ndarray, float]:
     """Where the carried object's body goes (xy) and the surface height it is released above."""
     e = sim.env.env

@@ -1,4 +1,4 @@
-"""Scripted LIBERO skills besides pick-and-place: opening a drawer, turning a knob, pushing a flat object.
+"""Scripted LIBERO skills besides pick-and-place: clearing a drawer's way and opening it, turning a knob.
 
 Each skill is ``skill(sim, mem) -> action`` (7-D OSC_POSE), one closed-loop
 step from the simulated state and the expert's per-episode memory ``mem``
@@ -11,14 +11,11 @@ import numpy as np
 
 from .motion import (
     CLOSE,
-    GRIP_WIDTH,
     OPEN,
-    YAWS,
     advance,
     axis_quat,
     clearance,
     move,
-    place_point,
     quat_mul,
     subtree,
     surfaces,
@@ -33,6 +30,8 @@ OPEN_MARGIN = 0.01
 DRAWER_TRAVEL = 0.16
 #: look-ahead steps allowed for one try at a drawer (it opens in ~100)
 PLAN_STEPS = 200
+#: how far past the way an opening drawer sweeps an object in it is dragged (m)
+CLEAR_MARGIN = 0.015
 #: rolls of the pitched hand about its pointing axis tried for a drawer handle: the fingers still
 #: straddle a horizontal bar up to ~70 degrees
 ROLLS = (0.0, np.pi / 6, -np.pi / 6, np.pi / 4, -np.pi / 4, np.pi / 3, -np.pi / 3)
@@ -189,6 +188,107 @@ def open_drawer(sim: LiberoSim, mem: dict, region: str) -> np.ndarray | None:
     return None
 
 
+def _swept_box(sim: LiberoSim, region: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World box a drawer's body sweeps from where it is to opened (:data:`OPEN_MARGIN` past the
+    threshold), and the way it opens."""
+    joint, threshold, sign = drawer_joint(sim, region)
+    m, d = sim.model, sim.data
+    body = int(m.jnt_bodyid[joint])
+    _, pull = _handle(sim, joint, sign)
+    travel = max(sign * (threshold - float(d.qpos[m.jnt_qposadr[joint]])) + OPEN_MARGIN, 0.0)
+    signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)])
+    pts = np.concatenate([d.geom_xpos[g] + (signs * m.geom_aabb[g, 3:] + m.geom_aabb[g, :3]) @ d.geom_xmat[g].reshape(3, 3).T
+                          for g in range(m.ngeom) if m.geom_bodyid[g] == body and m.geom_group[g] == 0])
+    pts = np.concatenate([pts, pts + travel * pull])
+    return pts.min(0), pts.max(0), pull
+
+
+def _path_obstacle(sim: LiberoSim, region: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """A bowl under the way the drawer holding ``region`` slides out, the shortest sideways shift (world xy)
+    that takes its box out of that way (the hand could not reach it under the opened drawer) and that way."""
+    lo, hi, pull = _swept_box(sim, region)
+    side = np.array([-pull[1], pull[0]])
+    for name in sim.env.env.objects_dict:
+        olo, ohi = world_bbox(sim, name)
+        if "bowl" not in name or ohi[2] > lo[2] or np.any(olo[:2] > hi[:2]) or np.any(ohi[:2] < lo[:2]):
+            continue
+        corners = np.array([[x, y] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])])
+        ocorners = np.array([[x, y] for x in (olo[0], ohi[0]) for y in (olo[1], ohi[1])])
+        # +side: the object's lowest side coordinate past the box's highest; -side the other way round
+        shifts = [(corners @ side).max() - (ocorners @ side).min(), (ocorners @ side).max() - (corners @ side).min()]
+        k = int(np.argmin(shifts))
+        return name, (1 if k == 0 else -1) * (shifts[k] + CLEAR_MARGIN) * side, pull[:2]
+    return None
+
+
+def _plan_drag(sim: LiberoSim, name: str, shift: np.ndarray, along: np.ndarray) -> tuple[np.ndarray, float]:
+    """Where the bowl is dragged (the sideways ``shift`` plus a step ``along`` the drawer's way or against
+    it) and the hand's yaw: the pair with the bowl and the hand at the end clearest of the scene."""
+    lo, hi = world_bbox(sim, name)
+    centre, radius = 0.5 * (lo + hi), 0.5 * min((hi - lo)[:2])
+    skip = subtree(sim.model, sim.env.env.obj_body_id[name]) | set(surfaces(sim.model))
+    ring = [radius * np.array([np.cos(a), np.sin(a), 0.0]) + [0, 0, 0.5 * (hi - lo)[2]] for a in np.linspace(0, 2 * np.pi, 12)]
+    direction = np.append(shift / np.linalg.norm(shift), 0.0)
+    best = None
+    for step in (0.0, 0.03, -0.03, 0.06, -0.06):
+        dest = centre + np.append(shift + step * along, 0.0)
+        bowl = clearance(sim, dest - [0, 0, 0.5 * (hi - lo)[2]] + np.array(ring), skip)
+        hand_at = np.append(dest[:2], lo[2] + 0.025) + (radius - 0.015) * direction
+        for yaw in (0.0, np.pi / 2, np.pi / 6, -np.pi / 6, np.pi / 3, -np.pi / 3):
+            c = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+            pts = [hand_at + k * c + [0, 0, z] for k in (0.1, 0.05, 0, -0.05, -0.1) for z in (0.03, 0.08)]
+            key = (round(min(bowl, clearance(sim, np.array(pts), skip)), 3), -abs(step), -abs(yaw))
+            if best is None or key > best[0]:
+                best = key, dest, yaw
+    return best[1], best[2]
+
+
+def clear_drawer_path(sim: LiberoSim, mem: dict, region: str) -> np.ndarray | None:
+    """Drag a bowl standing where the drawer holding ``region`` will slide out to beside it, the
+    closed fingers inside the bowl pushing its wall; ``None`` once nothing is in the way."""
+    cm = mem.setdefault("clear", {"phase": 0, "timer": 0})
+    if cm.get("done"):
+        return None
+    cm["timer"] += 1
+    eef = sim.eef_pos()
+    if cm["phase"] == 0:  # plan: what is in the way and where to
+        found = _path_obstacle(sim, region)
+        if found is None:
+            cm["done"] = True
+            return None
+        name, shift, along = found
+        lo, hi = world_bbox(sim, name)
+        centre = 0.5 * (lo + hi)
+        dest, yaw = _plan_drag(sim, name, shift, along)
+        cm.update(name=name, inside=np.array([centre[0], centre[1], lo[2] + 0.025]), top=float(hi[2]),
+                  shift=np.append((dest - centre)[:2], 0.0), yaw=yaw)
+        advance(cm)
+    inside, top, yaw = cm["inside"], cm["top"], cm["yaw"]
+    if cm["phase"] == 1:  # above the bowl's middle
+        above = np.array([inside[0], inside[1], top + 0.04])
+        if np.linalg.norm(above - eef) < 0.02 or cm["timer"] > 60:
+            advance(cm)
+        return move(sim, mem, above, CLOSE, yaw)
+    if cm["phase"] == 2:  # down into it (until the fingers touch its floor)
+        stalled = cm["timer"] > 8 and cm.get("last_z", np.inf) - eef[2] < 0.0005
+        cm["last_z"] = eef[2]
+        if np.linalg.norm(inside - eef) < 0.008 or stalled or cm["timer"] > 40:
+            advance(cm)
+        return move(sim, mem, inside, CLOSE, yaw)
+    if cm["phase"] == 3:  # drag: the hand crosses the bowl's inside (~its radius) then the shift
+        wall = 0.5 * min(np.subtract(*world_bbox(sim, cm["name"])[::-1])[:2]) - 0.015
+        shift = cm["shift"]
+        dest = inside + shift + wall * shift / np.linalg.norm(shift)
+        if np.linalg.norm((dest - eef)[:2]) < 0.01 or cm["timer"] > 40:
+            advance(cm)
+        return move(sim, mem, np.array([dest[0], dest[1], inside[2]]), CLOSE, yaw)
+    if cm["phase"] == 4:  # up out of it
+        if eef[2] > top + 0.03 or cm["timer"] > 20:
+            advance(cm, 0)
+        return move(sim, mem, np.array([eef[0], eef[1], top + 0.06]), CLOSE, yaw)
+    return None
+
+
 # -- knobs -------------------------------------------------------------------------
 def turn_knob(sim: LiberoSim, mem: dict) -> np.ndarray:
     """Turn a stove's knob counter-clockwise by pushing the end of its bar round the axis."""
@@ -230,52 +330,3 @@ def turn_knob(sim: LiberoSim, mem: dict) -> np.ndarray:
     ahead = axis + radius * np.array([np.cos(now), np.sin(now), 0.0])
     ahead[2] = z
     return move(sim, mem, ahead, CLOSE)
-
-
-
-
-# -- pushing -----------------------------------------------------------------------
-def too_wide(sim: LiberoSim, obj: str) -> bool:
-    """Wider than the gripper every way and too flat for a rim grasp (a plate): pushed, not carried."""
-    if obj not in sim.env.env.obj_body_id:
-        return False
-    lo, hi = world_bbox(sim, obj)
-    return bool(min((hi - lo)[:2]) > GRIP_WIDTH and (hi - lo)[2] < 0.03)
-
-def push_flat(sim: LiberoSim, mem: dict) -> np.ndarray:
-    """Push ``obj`` (a plate) over the target along the table, the closed fingers inside its rim."""
-    _, obj, target = mem["goal"]
-    mem["timer"] += 1
-    lo, hi = world_bbox(sim, obj)
-    centre = sim.data.xpos[sim.env.env.obj_body_id[obj]]
-    goal, _ = place_point(sim, target)
-    to_goal = np.append(goal - centre[:2], 0.0)
-    u = to_goal / max(np.linalg.norm(to_goal), 1e-6)
-    radius = 0.5 * max((hi - lo)[:2])
-    # fingertips inside the dish against its far rim (reaching behind it would hit what is behind)
-    z = lo[2] + 0.015
-    behind = centre - u * (radius - 0.02)
-    behind[2] = z
-    eef = sim.eef_pos()
-    if "yaw" not in mem:  # the hand (long along the closing axis) turned where it clears the scene
-        skip = subtree(sim.model, sim.env.env.obj_body_id[obj]) | set(surfaces(sim.model))
-
-        def hand(yaw):
-            c = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
-            pts = [behind + k * c + [0, 0, z] for k in (0.1, 0.05, -0.05, -0.1) for z in (0.03, 0.08)]
-            return round(clearance(sim, np.array(pts), skip), 3), -abs(yaw)
-
-        mem["yaw"] = max(YAWS + (-np.pi / 2,), key=hand)
-    yaw = mem["yaw"]
-    if mem["phase"] == 0:  # above the point behind the object
-        above = behind + [0, 0, 0.1]
-        if np.linalg.norm(above - eef) < 0.01 or mem["timer"] > 60:
-            advance(mem)
-        return move(sim, mem, above, CLOSE, yaw)
-    if mem["phase"] == 1:  # down behind it
-        if np.linalg.norm(behind - eef) < 0.01 or mem["timer"] > 40:
-            advance(mem)
-        return move(sim, mem, behind, CLOSE, yaw)
-    # push: keep behind the object on the line to the goal, 3 cm ahead
-    return move(sim, mem, behind + u * min(0.03, np.linalg.norm(to_goal) + 0.005), CLOSE, yaw)
-
