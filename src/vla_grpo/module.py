@@ -324,6 +324,8 @@ class GRPOModule(L.LightningModule):
             opt.step()
             return {}
         n = 0 if data is None else data.shape[0]
+        if n:  # an empty minibatch of an FSDP rank scores this (a rank with no data rolled out this step)
+            self._filler = data[:1]
         if data is not None and self.reference is not None:
             with torch.no_grad():
                 data.set(REF_LOG_PROBS_KEY, self.reference.score(data.to(self.device))[0].cpu())
