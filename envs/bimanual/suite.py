@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..tabletop.suite import SceneSuite
+from .catalogue import pretrain_tasks
 from .env import BimanualEnv
 from .expert import BimanualExpert
 from .sim import STATE_DIM
@@ -21,6 +22,9 @@ class BimanualSuite(SceneSuite):
     Args:
         image_size: side of the square camera images.
         num_init_states: initial states per task (ids ``0 .. n-1``).
+        pretrain_catalogue: add the ``pretrain`` split, two-arm tasks composed
+            from the suite's parts (:mod:`.catalogue`) for multi-task
+            pretraining, after the seen and unseen tasks; the name gets ``-pretrain``.
 
     Example:
         >>> suite = BimanualSuite(image_size=64)
@@ -39,10 +43,14 @@ class BimanualSuite(SceneSuite):
     expert_class = BimanualExpert
     wrist_camera = False  # one agent-view camera (the env reads this)
 
-    def __init__(self, image_size: int = 128, num_init_states: int = 50) -> None:
+    def __init__(self, image_size: int = 128, num_init_states: int = 50, pretrain_catalogue: bool = False) -> None:
         self._init_sizes(image_size, num_init_states)
         self._tasks: list[BimanualTask] = build_catalogue(self.num_init_states)
+        self.pretrain_catalogue = bool(pretrain_catalogue)
+        self.name = "bimanual-pretrain" if pretrain_catalogue else "bimanual"
+        if pretrain_catalogue:
+            self._tasks += pretrain_tasks(self.num_init_states)
 
     def __repr__(self) -> str:
         return (f"BimanualSuite(image_size={self.image_size}, num_init_states={self.num_init_states}, "
-                f"tasks={len(self._tasks)})")
+                f"pretrain_catalogue={self.pretrain_catalogue}, tasks={len(self._tasks)})")
