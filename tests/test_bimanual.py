@@ -165,6 +165,54 @@ def test_pot_needs_both_hands(suite):
     env.close()
 
 
+# -- the pretraining catalogue ------------------------------------------------
+@pytest.fixture(scope="module")
+def pretrain_suite() -> BimanualSuite:
+    return BimanualSuite(image_size=32, pretrain_catalogue=True)
+
+
+def test_pretrain_catalogue_is_new_compositions_of_the_suites_parts(suite, pretrain_suite):
+    from vla_grpo.envs.bimanual.catalogue import PRETRAIN_SPLIT, goal_key
+
+    tasks = pretrain_suite.all_tasks()
+    n = len(suite.all_tasks())
+    assert [t.name for t in tasks[:n]] == [t.name for t in suite.all_tasks()]  # suite indices unchanged
+    assert pretrain_suite.name == "bimanual-pretrain" and suite.name == "bimanual"
+    catalogue = [i for i, t in enumerate(tasks) if t.split == PRETRAIN_SPLIT]
+    assert len(catalogue) >= 90 and catalogue == list(range(n, len(tasks)))
+    texts = [tasks[i].instruction for i in catalogue]
+    assert len(set(texts)) == len(texts) and len({tasks[i].name for i in catalogue}) == len(catalogue)
+    held = {t.instruction for t in suite.all_tasks()}
+    assert not held & set(texts)
+    suite_goals = {goal_key(suite.task(i)) for i in range(n)}
+    assert not suite_goals & {goal_key(pretrain_suite.task(i)) for i in catalogue}
+    # only the pot and bowl templates re-use a suite goal's objects, in other colours named by the instruction
+    recoloured = {i for i in catalogue if goal_key(pretrain_suite.task(i), colours=False)
+                  in {goal_key(suite.task(j), colours=False) for j in range(n)}}
+    assert {pretrain_suite.task(i).layout.name for i in recoloured} == {"lift_pot", "stack_bowls_two"}
+    # every template, half the tasks in the unseen depth band, the unseen colours among the catalogue's
+    assert {pretrain_suite.task(i).layout.name for i in catalogue} == {suite.task(i).layout.name for i in range(n)}
+    assert sum(pretrain_suite.task(i).layout.unseen for i in catalogue) == len(catalogue) // 2
+    unseen_colours = {o.kind.rgba for i in range(n) if suite.all_tasks()[i].split == "unseen"
+                      for o in suite.task(i).objects}
+    catalogue_colours = {o.kind.rgba for i in catalogue for o in pretrain_suite.task(i).objects}
+    assert len(unseen_colours & catalogue_colours) >= 5
+    # the objects an instruction names are the scene's ("place the can on the pad")
+    for i in catalogue:
+        task = pretrain_suite.task(i)
+        for o in task.objects:
+            assert o.kind.name in task.spec.instruction or task.layout.name == "stack_bowls_two"
+
+
+def test_pretrain_catalogue_experts_succeed_on_one_task_per_template(pretrain_suite):
+    first = {}
+    for i, t in enumerate(pretrain_suite.all_tasks()):
+        if t.split == "pretrain":
+            first.setdefault(pretrain_suite.task(i).layout.name, i)
+    results = expert_success(pretrain_suite, sorted(first.values()), [25], chunk_size=8, num_envs=10)
+    assert all(r.successes == [True] for r in results.values()), results
+
+
 # -- experts and demos -----------------------------------------------------
 def test_expert_succeeds_on_sampled_states_of_every_task(suite):
     results = expert_success(suite, range(len(suite.all_tasks())), [0, 31], chunk_size=8, num_envs=20)
