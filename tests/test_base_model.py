@@ -1,4 +1,4 @@
-"""The committed base (checkpoints/tabletop_base) is what its command makes, and it loads."""
+"""The committed bases (checkpoints/tabletop_base, checkpoints/bimanual_base) are what their commands make, and load."""
 from __future__ import annotations
 
 import json
@@ -12,25 +12,37 @@ import pytest
 from vla_grpo.policies import ReadingVLAPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "checkpoints" / "tabletop_base"
+#: base directory -> (its pretraining config, the splits its card reports, action dim)
+BASES = {
+    "tabletop_base": ("conf/pretrain_tabletop.yaml",
+                      {"train", "unseen_spatial", "unseen_object", "unseen_goal", "paraphrase"}, 7),
+    "bimanual_base": ("conf/pretrain_robotwin.yaml", {"train", "unseen"}, 14),
+}
 
 
-def test_the_committed_base_loads_with_its_card():
-    policy = ReadingVLAPolicy(pretrained_path=str(BASE))
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_the_committed_base_loads_with_its_card(name):
+    base, (config, splits, action_dim) = ROOT / "checkpoints" / name, BASES[name]
+    state_dim = {7: 8, 14: 16}[action_dim]
+    policy = ReadingVLAPolicy(pretrained_path=str(base), action_dim=action_dim, state_dim=state_dim)
     assert policy.pretrained and policy.vocab_size == 32 and policy.image_size == 64
-    card = json.loads((BASE / "zero_shot.json").read_text())
-    assert set(card["success"]) >= {"train", "unseen_spatial", "unseen_object", "unseen_goal", "paraphrase"}
-    size = sum(f.stat().st_size for f in BASE.iterdir())
+    assert policy.action_dim == action_dim
+    card = json.loads((base / "zero_shot.json").read_text())
+    assert set(card["success"]) == splits and card["command"].endswith(config)
+    size = sum(f.stat().st_size for f in base.iterdir())
     assert size <= 20 * 2**20
 
 
 @pytest.mark.slow
-def test_the_pretraining_command_reproduces_the_base(tmp_path):
-    """``conf/pretrain_tabletop.yaml`` end to end (~30 min on 2 cores): the zero-shot success it logs matches
-    the card's within 0.1 per split (bit-identical on the machine that made it; float order differs elsewhere)."""
-    card = json.loads((BASE / "zero_shot.json").read_text())
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_the_pretraining_command_reproduces_the_base(tmp_path, name):
+    """The pretraining config end to end (tabletop ~30 min, bimanual ~15 min on 2 cores): the zero-shot
+    success it logs matches the card's within 0.1 per split (bit-identical on the machine that made it;
+    float order differs elsewhere)."""
+    base, (config, _, _) = ROOT / "checkpoints" / name, BASES[name]
+    card = json.loads((base / "zero_shot.json").read_text())
     run = tmp_path / "pretrain"
-    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", "conf/pretrain_tabletop.yaml",
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", config,
            f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
            f"--trainer.callbacks.init_args.dirpath={run}/checkpoints", f"--data.cache_dir={tmp_path}/demos",
            "--trainer.enable_progress_bar=false"]
