@@ -21,7 +21,7 @@ new composition of parts the catalogue shows elsewhere, as LIBERO's held-out
 tasks are for LIBERO-90. No instruction equals a seen or unseen task's, and
 no task repeats a seen or unseen task's goal: the same verb on the same
 objects, or, for the pot and bowl templates, on objects of the same colours
-(a test checks both). The scripted experts solve 906 of 910 episodes (states 0..9 of the
+(a test checks both). The scripted experts solve 908 of 910 episodes (states 0..9 of the
 91 tasks; ``python -m vla_grpo.envs.bimanual --pretrain --states 10``).
 """
 from __future__ import annotations
