@@ -72,10 +72,8 @@ def _candidates() -> list[tuple[str, str, dict[str, str], dict[str, str]]]:
             if (obj, flat) in (("phone", "stand"), ("cup", "coaster"), ("small_block", "pad")):
                 continue
             out.append(("place_phone_stand", f"place the {_phrase(obj)} on the {flat}", {"phone": obj, "stand": flat}, {}))
-    for obj in ("cup", "mug", "bowl"):
-        for flat in ("pad", "stand"):
-            if not (obj in _GRASPABLE and flat in _FLAT):  # the bowl; cups and mugs are covered above
-                out.append(("place_empty_cup", f"place the {_phrase(obj)} on the {flat}", {"cup": obj, "coaster": flat}, {}))
+    for flat in ("pad", "stand"):  # the bowl, in the cup's layout (cups and mugs are placed above)
+        out.append(("place_empty_cup", f"place the bowl on the {flat}", {"cup": "bowl", "coaster": flat}, {}))
     for obj in ("can", "bottle", "cup", "mug", "small_block"):
         for target in ("pot", "bowl", "stand", "pad"):
             if (obj, target) != ("can", "pot"):
