@@ -2,25 +2,17 @@
 
     python -m vla_grpo.envs.bimanual                 # all 20 tasks, all 50 states, chunk 8
     python -m vla_grpo.envs.bimanual --states 20 --chunk-size 1
-    python -m vla_grpo.envs.bimanual --pretrain --states 10 # the pretraining catalogue's tasks
+    python -m vla_grpo.envs.bimanual --pretrain --states 10   # the pretraining catalogue's tasks
 """
 from __future__ import annotations
-
-import sys
 
 from ..tabletop.evaluate import expert_report_main
 from .suite import BimanualSuite
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pretrain = "--pretrain" in argv
-    if pretrain:
-        argv.remove("--pretrain")
-    suite = BimanualSuite(image_size=64, pretrain_catalogue=pretrain)
-    if pretrain and not any(a.startswith("--tasks") for a in argv):
-        argv += ["--tasks", ",".join(t.name for t in suite.all_tasks() if t.split == "pretrain")]
-    expert_report_main(suite, argv, description="Scripted-expert success per bimanual task.", num_envs=20)
+    expert_report_main(lambda pretrain: BimanualSuite(image_size=64, pretrain_catalogue=pretrain), argv,
+                       description="Scripted-expert success per bimanual task.", num_envs=20)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     args, rest = parser.parse_known_args(argv)
     suite = LiberoSuite(args.suite, unseen=[], image_size=args.image_size)
-    expert_report_main(suite, rest, description=__doc__.splitlines()[0], num_envs=1)
+    expert_report_main(lambda _: suite, rest, description=__doc__.splitlines()[0], num_envs=1, catalogue=False)
 
 
 if __name__ == "__main__":

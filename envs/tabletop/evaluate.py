@@ -68,8 +68,14 @@ def expert_success(
     return results
 
 
-def expert_report_main(suite, argv: list[str] | None, *, description: str, num_envs: int) -> None:
-    """``python -m vla_grpo.envs.<suite>``: print the scripted experts' success per task as a table."""
+def expert_report_main(make_suite, argv: list[str] | None, *, description: str, num_envs: int,
+                       catalogue: bool = True) -> None:
+    """``python -m vla_grpo.envs.<suite>``: print the scripted experts' success per task as a table.
+
+    ``make_suite(pretrain_catalogue)`` builds the suite. With ``catalogue`` (a suite with a
+    pretraining catalogue), ``--pretrain`` reports the catalogue's tasks (the ``pretrain`` split)
+    instead of the suite's own.
+    """
     import argparse
     import time
 
@@ -78,10 +84,17 @@ def expert_report_main(suite, argv: list[str] | None, *, description: str, num_e
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--num-envs", type=int, default=num_envs)
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    if catalogue:
+        parser.add_argument("--pretrain", action="store_true", help="the pretraining catalogue's tasks")
     args = parser.parse_args(argv)
+    pretrain = bool(getattr(args, "pretrain", False))
+    suite = make_suite(pretrain)
     n_states = args.states or suite.num_init_states
     names = [t.name for t in suite.all_tasks()]
-    tasks = [names.index(t) for t in args.tasks.split(",")] if args.tasks else range(len(names))
+    if args.tasks:
+        tasks = [names.index(t) for t in args.tasks.split(",")]
+    else:
+        tasks = [i for i, t in enumerate(suite.all_tasks()) if (t.split == "pretrain") == pretrain]
     start = time.perf_counter()
     results = expert_success(suite, tasks, range(n_states), chunk_size=args.chunk_size, num_envs=args.num_envs)
     print("| task | split | success | mean steps | max steps | limit |\n|---|---|---|---|---|---|")
