@@ -215,7 +215,9 @@ class SuccessAwarePromptSampler(PromptSampler):
         k = self.task_prior
         return ((self.mixed + k * task_rate) / (self.visits + k)) ** self.sharpness + self.floor
 
-    _STATS = ("successes", "trials", "mixed", "visits", "task_mixed", "task_visits")
+    _PROMPT_STATS = ("successes", "trials", "mixed", "visits")  # one value per prompt
+    _TASK_STATS = ("task_mixed", "task_visits")  # one value per task of the rank's shard
+    _STATS = _PROMPT_STATS + _TASK_STATS
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), **{k: getattr(self, k).clone() for k in self._STATS}}
@@ -238,10 +240,10 @@ class SuccessAwarePromptSampler(PromptSampler):
                 tasks.setdefault(t, []).append((r, pos))
         for j, p in enumerate(self.prompts):
             r, i = where[p]
-            for k in ("successes", "trials", "mixed", "visits"):
+            for k in self._PROMPT_STATS:
                 getattr(self, k)[j] = states[r][k][i]
         for pos, t in enumerate(self.task_ids):
-            for k in ("task_mixed", "task_visits"):
+            for k in self._TASK_STATS:
                 getattr(self, k)[pos] = torch.stack([states[r][k][q] for r, q in tasks[t]]).mean()
 
     def update(self, prompt: Prompt, successes: int, trials: int) -> None:
