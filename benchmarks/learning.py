@@ -26,6 +26,8 @@ that ``docs/RESULTS.md`` quotes.
     python benchmarks/learning.py --seeds 0 1 2                         # everything (hours on 2 cores)
     python benchmarks/learning.py --seeds 0 --variants full zero_demo   # a subset
     python benchmarks/learning.py --report-only                         # re-read finished runs
+    python benchmarks/learning.py --seen-per-family 6 --sft-steps 2000 --max-steps 200 \
+        --val-every 100 --variants full extra_demos --out runs/learning_all   # on all 18 seen tasks
 """
 from __future__ import annotations
 
@@ -82,13 +84,17 @@ def _sft_root(out: Path, demos: int, seed: int, tag: str = "") -> Path:
     return out / f"sft{demos}{tag}_seed{seed}"
 
 
-def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra_demos: int) -> float:
-    """Runs one (variant, seed); returns its wall-clock seconds."""
+def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra_demos: int,
+                seen_per_family: int | None = None, sft_steps: int | None = None, val_every: int | None = None) -> float:
+    """Runs one (variant, seed); returns its wall-clock seconds. ``seen_per_family`` (6: the whole seen
+    split, 18 tasks), ``sft_steps`` (of the 1-demo SFT stage) and ``val_every`` (GRPO's eval interval)
+    replace the config's when given."""
     run = out / f"{variant}_seed{seed}"
+    tasks = [] if seen_per_family is None else [f"--model.suite.init_args.seen_per_family={seen_per_family}"]
     if variant == "extra_demos":
         sft = _sft_root(out, extra_demos, seed)
         suite = [a for a in _config_sft_args() if a.startswith("--model.suite.")]  # the quickstart's task set
-        cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", SFT_CONFIG, *suite, f"--seed_everything={seed}",
+        cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", SFT_CONFIG, *suite, *tasks, f"--seed_everything={seed}",
                f"--data.demos_per_task={extra_demos}", f"--trainer.default_root_dir={sft}",
                f"--trainer.logger.init_args.save_dir={sft}", f"--trainer.callbacks.init_args.dirpath={sft}/checkpoints",
                "--trainer.enable_progress_bar=false"]
@@ -96,16 +102,20 @@ def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra
     demos = 0 if variant == "zero_demo" else 1
     hashed = variant == "hashed_tinyvla"
     # the config's own SFT-stage arguments (suite cut, steps, ...), then ours (later ones win)
-    sft_args = [*_config_sft_args(), f"--seed_everything={seed}", f"--data.demos_per_task={demos}",
+    sft_args = [*_config_sft_args(), *tasks, f"--seed_everything={seed}", f"--data.demos_per_task={demos}",
                 "--trainer.enable_progress_bar=false", *(HASHED_SFT if hashed else [])]
+    if sft_steps is not None:
+        sft_args.append(f"--trainer.max_steps={sft_steps}")
     sft_root = _sft_root(out, demos, seed, "_hashed" if hashed else "")
     cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", CONFIG, f"--seed_everything={seed}",
            f"--model.seed={seed}", f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
            f"--model.sft.init_args.root_dir={sft_root}",
            f"--model.sft.init_args.args={json.dumps(sft_args)}", "--trainer.enable_progress_bar=false",
-           *VARIANTS[variant], *(HASHED_POLICY if hashed else [])]
+           *tasks, *VARIANTS[variant], *(HASHED_POLICY if hashed else [])]
     if max_steps is not None:
         cmd.append(f"--trainer.max_steps={max_steps}")
+    if val_every is not None:
+        cmd.append(f"--trainer.val_check_interval={val_every}")
     return _run(cmd, run / "log.txt")
 
 
@@ -333,6 +343,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--max-steps", type=int, default=None, help="GRPO steps (default: the config's)")
     parser.add_argument("--extra-demos", type=int, default=20, help="demos per task of the no-RL baseline")
+    parser.add_argument("--seen-per-family", type=int, default=None, choices=range(1, 7), metavar="{1..6}",
+                        help="seen tasks per family to train on (default: the config's 2; 6: all 18)")
+    parser.add_argument("--sft-steps", type=int, default=None,
+                        help="steps of the 1-demo SFT stage (default: the config's 1000, sized for 6 tasks)")
+    parser.add_argument("--val-every", type=int, default=None, help="GRPO steps between evals (default: the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -343,7 +358,8 @@ def main() -> None:
         for seed in args.seeds:
             done = read_run(variant, seed, args.out, args.extra_demos)
             if done is None and not args.report_only:
-                seconds = run_variant(variant, seed, args.out, args.max_steps, args.extra_demos)
+                seconds = run_variant(variant, seed, args.out, args.max_steps, args.extra_demos,
+                                      args.seen_per_family, args.sft_steps, args.val_every)
                 print(f"{variant} seed {seed}: {seconds / 60:.1f} min", flush=True)
                 done = read_run(variant, seed, args.out, args.extra_demos)
             results[variant][seed] = done

@@ -316,6 +316,9 @@ def test_seen_per_family_keeps_the_first_seen_tasks_and_every_unseen_one(suite):
     assert [t.name for t in small.tasks("paraphrase")] == [f"paraphrase/{name}" for name in want]
     i = small.task_index("goal/push_plate_front")
     assert small.task(i).init_layout(3) == suite.task(suite.task_index("goal/push_plate_front")).init_layout(3)
+    # 6 per family keeps the whole split: the plain suite, under its name (so its demo cache is shared)
+    whole = TabletopSuite(seen_per_family=6)
+    assert whole.name == suite.name and [t.name for t in whole.tasks(TRAIN_SPLIT)] == [t.name for t in full_seen]
     with pytest.raises(ValueError, match="`seen_per_family` must be in 1..6"):
         TabletopSuite(seen_per_family=0)
 

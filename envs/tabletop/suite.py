@@ -104,7 +104,7 @@ class TabletopSuite(SceneSuite):
         self.spread = spread
         self.seen_per_family = seen_per_family
         self.name = "tabletop" if spread == "narrow" else f"tabletop-{spread}"
-        if seen_per_family is not None:
+        if seen_per_family is not None and seen_per_family < 6:  # 6 per family is the whole seen split
             self.name += f"-{seen_per_family}seen"
         self.pretrain_catalogue = bool(pretrain_catalogue)
         if pretrain_catalogue:
