@@ -13,6 +13,7 @@ Variants:
 * ``symmetric_clip``: clip 0.2/0.2 (no clip-higher);
 * ``temperature_1``: rollout temperature 1.0;
 * ``thompson``: prompts by Thompson sampling over tasks instead of the success-aware weights;
+* ``low_lr``: GRPO lr 1e-4 instead of the quickstart's 3e-4 (on the bimanual suite 3e-4 lowered success);
 * ``zero_demo``: GRPO from the untrained policy (SFT on 0 demos);
 * ``hashed_tinyvla``: the whole recipe with TorchRL's TinyVLA (the instruction hashed to one
   of 256 embeddings, no pretrained base) in place of the reading policy (its own SFT stage);
@@ -51,6 +52,7 @@ VARIANTS = {
     "symmetric_clip": ["--model.loss.init_args.clip_high=0.2"],
     "temperature_1": ["--model.rollout_temperature=1.0"],
     "thompson": ["--model.prompt_sampling=thompson"],
+    "low_lr": ["--model.lr=0.0001"],
     "zero_demo": [],
     "hashed_tinyvla": [],
     "extra_demos": [],
