@@ -121,7 +121,7 @@ def run_variant(variant: str, seed: int, out: Path, max_steps: int | None, extra
     return _run(cmd, run / "log.txt")
 
 
-def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | None:
+def read_run(variant: str, seed: int, out: Path, extra_demos: int, arm_a: str = "full") -> dict | None:
     """``{before: {split: success}, after: {...}, curve: [(step, rollout success)]}`` of a finished run."""
     tb = _sft_root(out, extra_demos, seed) if variant == "extra_demos" else out / f"{variant}_seed{seed}"
     if not tb.exists():
@@ -138,8 +138,8 @@ def read_run(variant: str, seed: int, out: Path, extra_demos: int) -> dict | Non
              if k.startswith("eval/") and k.count("/") == 3 and v}
     if variant == "extra_demos":
         # arm (b) of the paper's Figure 4 starts where arm (a) does: its gain is measured from the
-        # same seed's 1-demo SFT checkpoint (the ``full`` run's step-0 eval, same episodes)
-        start = read_run("full", seed, out, extra_demos)
+        # same seed's 1-demo SFT checkpoint (arm (a)'s step-0 eval, same episodes)
+        start = read_run(arm_a, seed, out, extra_demos)
         if start is None:
             return None
         before = start["before"]
@@ -162,7 +162,9 @@ def _mean_range(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
-def report(results: dict, seeds: list[int], out: Path) -> str:
+def report(results: dict, seeds: list[int], out: Path, rl: str = "full") -> str:
+    """The tables (``rl`` is arm (a): the reference of the paired table, the RL column of the per-task
+    table and the curves of ``unseen_curves.png``), written beside ``learning.json`` and the plots."""
     lines = ["| variant | seeds | seen before | seen after | seen gain | paraphrase | unseen spatial | unseen object "
              "| unseen goal |", "|---|---|---|---|---|---|---|---|---|"]
     for variant, runs in results.items():
@@ -178,10 +180,10 @@ def report(results: dict, seeds: list[int], out: Path) -> str:
         lines.append(f"| {variant} | {len(runs)} | {_mean_range([r['before']['train'] for r in runs])} | "
                      f"{_mean_range([r['after']['train'] for r in runs])} | {_mean_range(gain)} | "
                      + " | ".join(unseen) + " |")
-    table = "\n\n".join(t for t in ("\n".join(lines), paired_report(results), per_task_report(results)) if t)
+    table = "\n\n".join(t for t in ("\n".join(lines), paired_report(results, rl), per_task_report(results, rl)) if t)
     (out / "learning.json").write_text(json.dumps(results, indent=1))
     _plot(results, out / "learning_curve.png")
-    _plot_splits(results, out / "unseen_curves.png")
+    _plot_splits(results, out / "unseen_curves.png", rl)
     return table
 
 
@@ -352,20 +354,22 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=None, help="GRPO steps between evals (default: the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--arm-a", default="full", choices=list(VARIANTS),
+                        help="the RL variant that the paired, per-task and held-out-curve reports compare")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict | None]] = {}
     for variant in args.variants:
         results[variant] = {}
         for seed in args.seeds:
-            done = read_run(variant, seed, args.out, args.extra_demos)
+            done = read_run(variant, seed, args.out, args.extra_demos, args.arm_a)
             if done is None and not args.report_only:
                 seconds = run_variant(variant, seed, args.out, args.max_steps, args.extra_demos,
                                       args.seen_per_family, args.sft_steps, args.val_every)
                 print(f"{variant} seed {seed}: {seconds / 60:.1f} min", flush=True)
-                done = read_run(variant, seed, args.out, args.extra_demos)
+                done = read_run(variant, seed, args.out, args.extra_demos, args.arm_a)
             results[variant][seed] = done
-    print(report(results, args.seeds, args.out))
+    print(report(results, args.seeds, args.out, args.arm_a))
     print(f"curves: {args.out / 'learning_curve.png'}, {args.out / 'unseen_curves.png'}")
 
 
