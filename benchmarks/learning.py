@@ -27,8 +27,8 @@ that ``docs/RESULTS.md`` quotes.
     python benchmarks/learning.py --seeds 0 1 2                         # everything (hours on 2 cores)
     python benchmarks/learning.py --seeds 0 --variants full zero_demo   # a subset
     python benchmarks/learning.py --report-only                         # re-read finished runs
-    python benchmarks/learning.py --seen-per-family 6 --sft-steps 2000 --max-steps 200 \
-        --val-every 100 --variants full extra_demos --out runs/learning_all   # on all 18 seen tasks
+    python benchmarks/learning.py --seen-per-family 6 --sft-steps 2000 --max-steps 300 --val-every 100 \
+        --variants low_lr extra_demos --arm-a low_lr --out runs/learning_all   # on all 18 seen tasks
 """
 from __future__ import annotations
 
@@ -153,6 +153,12 @@ def read_run(variant: str, seed: int, out: Path, extra_demos: int, arm_a: str = 
         "split_curves": evals,
         "curve": scalars.get("rollout/success_rate", []),
     }
+
+
+def _arm_b_ran(out: Path, seed: int, extra_demos: int) -> bool:
+    """The more-demos SFT reached its eval (``read_run`` also needs arm (a)'s start to report it)."""
+    tb = _sft_root(out, extra_demos, seed)
+    return tb.exists() and bool(read_scalars(tb).get("eval/train/success"))
 
 
 def _mean_range(values: list[float]) -> str:
@@ -363,7 +369,8 @@ def main() -> None:
         results[variant] = {}
         for seed in args.seeds:
             done = read_run(variant, seed, args.out, args.extra_demos, args.arm_a)
-            if done is None and not args.report_only:
+            if done is None and not args.report_only and not (
+                    variant == "extra_demos" and _arm_b_ran(args.out, seed, args.extra_demos)):
                 seconds = run_variant(variant, seed, args.out, args.max_steps, args.extra_demos,
                                       args.seen_per_family, args.sft_steps, args.val_every)
                 print(f"{variant} seed {seed}: {seconds / 60:.1f} min", flush=True)
