@@ -360,7 +360,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=None, help="GRPO steps between evals (default: the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--arm-a", default="full", choices=list(VARIANTS),
+    parser.add_argument("--arm-a", default="full", choices=[v for v in VARIANTS if v != "extra_demos"],
                         help="the RL variant that the paired, per-task and held-out-curve reports compare")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
