@@ -18,6 +18,32 @@ from vla_grpo.keys import (
 
 H, A = 2, 3
 
+#: What the policy computes in float over a batch (the sampled tokens' log-probs). A float32
+#: matmul / log-softmax may round differently when the same rows sit in another batch shape, in
+#: another process or under another thread count (AVX-512 kernels do: 2.4e-7 seen on an AMD EPYC),
+#: so across layouts these agree to rounding, not bit for bit. Everything else in a rollout record
+#: (tokens, actions, frames, states, done/success, ids) must stay exactly equal.
+POLICY_FLOAT_KEYS = (SAMPLE_LOG_PROBS_KEY,)
+#: the tolerance for those: 40x the largest difference seen, far below any change a loss could feel
+POLICY_FLOAT_ATOL = 1e-5
+
+
+def assert_same_record(one: TensorDict, two: TensorDict, *, where=None) -> None:
+    """Two rollout records of the same episodes computed in different batch layouts or processes.
+
+    Exact for every entry but :data:`POLICY_FLOAT_KEYS`, which are compared to
+    :data:`POLICY_FLOAT_ATOL`; ``where`` (a bool mask over the batch dims) restricts both to it.
+    """
+    assert one.shape == two.shape
+    keys = sorted(one.keys(include_nested=True, leaves_only=True), key=str)
+    assert keys == sorted(two.keys(include_nested=True, leaves_only=True), key=str)
+    for key in keys:
+        a, b = (one[key], two[key]) if where is None else (one[key][where], two[key][where])
+        if key in POLICY_FLOAT_KEYS:
+            torch.testing.assert_close(a, b, atol=POLICY_FLOAT_ATOL, rtol=0, msg=str(key))
+        else:
+            assert torch.equal(a, b), key
+
 
 def make_trajectory(*, group_id: int, traj_id: int, length: int, success: bool) -> TensorDict:
     """A finished trajectory of ``length`` decisions as ``split_trajectories`` writes it."""

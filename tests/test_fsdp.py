@@ -59,7 +59,9 @@ def test_a_two_rank_fsdp_bf16_fit_of_the_transformers_vla_trains_and_resumes_exa
     assert torch.load(ckpts[2] / "meta.pt", weights_only=False)["grpo_resume"]["world_size"] == 2
     step1, step2 = _weights(ckpts[1]), _weights(ckpts[2])
     assert any(not torch.equal(step1[k], step2[k]) for k in step1)
-    # resumed from step 2, the third step lands on the uninterrupted run's weights, bit for bit
+    # resumed from step 2, the third step lands on the uninterrupted run's weights, bit for bit: the
+    # same 2-rank layout, the same shards and batches, so the same computation (another rank count
+    # or batch layout would agree to rounding only)
     resumed = _fit(tmp_path / "resumed", 3, f"--ckpt_path={ckpts[2]}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr

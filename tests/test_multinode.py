@@ -52,7 +52,8 @@ def test_two_nodes_on_localhost_shard_prompts_and_eval_keep_weights_equal_and_re
         assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [STEPS, STEPS]
-    # every step ends with the same weights on both nodes, and the weights moved
+    # every step ends with the same weights on both nodes, and the weights moved. Bit for bit: both
+    # apply the same all-reduced gradient to the same weights in the same order (one computation)
     assert len(ranks[0]["step_weights"]) == len(ranks[1]["step_weights"]) == STEPS
     for a, b in zip(ranks[0]["step_weights"], ranks[1]["step_weights"], strict=True):
         assert a == pytest.approx(b, abs=0)

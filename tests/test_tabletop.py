@@ -295,7 +295,9 @@ def test_parallel_env_carries_reset_keys():
         assert td["observation", "image"].shape == (2, 2, 3, 32, 32)
         local = _worker_env(1)
         ref = local.reset(prompts([20], [6]))["observation", "image"][0]
-        assert torch.equal(td["observation", "image"][1, 1], ref)  # same state, same frame across processes
+        # same state, same frame across processes: exact, as one simulator state rendered by the same
+        # MuJoCo renderer to uint8 is one computation (no batch of the policy's in between)
+        assert torch.equal(td["observation", "image"][1, 1], ref)
         local.close()
         td["action"] = env.action_spec.rand()
         nxt = env.step(td)["next"]
