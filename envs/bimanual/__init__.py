@@ -1,10 +1,10 @@
 """RoboTwin-2.0-style bimanual suite on MuJoCo: two top-down grippers, ten tasks.
 
-``BimanualSuite`` implements :class:`vla_grpo.envs.base.Suite` with the
-tabletop suite's scene pieces, hand, renderer and env (see
-:mod:`vla_grpo.envs.tabletop`): seen and unseen variants of ten two-arm
-tasks over short / medium / long horizons, seeded initial states, scripted
-experts, 14-D actions and one agent-view frame per policy decision.
+``BimanualSuite`` implements :class:`vla_grpo.envs.base.Suite` on the scene
+kit's parts, hand, renderer and env (:mod:`vla_grpo.envs.scene`): seen and
+unseen variants of ten two-arm tasks over short / medium / long horizons,
+seeded initial states, scripted experts, 14-D actions and one agent-view
+frame per policy decision.
 """
 from __future__ import annotations
 

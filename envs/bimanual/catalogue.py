@@ -13,7 +13,7 @@ other colours:
 * colour words where a template's geometry fixes its object (the pot's
   handles, the nesting bowls): "lift the blue pot with both arms";
 * every object is coloured from one palette that holds the seen *and* unseen
-  colours of :func:`~vla_grpo.envs.bimanual.tasks._kinds`, and half the tasks
+  colours of :func:`~vla_grpo.envs.bimanual.tasks.object_kinds`, and half the tasks
   draw their layouts from the unseen depth band.
 
 So the ``unseen`` split (the seen tasks with new colours and depths) becomes a
@@ -32,8 +32,9 @@ from dataclasses import replace
 import numpy as np
 
 from ..base import TaskSpec
-from ..tabletop.scene import SceneObject
-from .tasks import _TASKS, HORIZON, BimanualTask, Goal, Layout, _kinds
+from ..scene.mjcf import SceneObject
+from ..scene.tasks import Goal
+from .tasks import HORIZON, TASKS, BimanualTask, Layout, object_kinds
 
 PRETRAIN_SPLIT = "pretrain"
 
@@ -106,8 +107,8 @@ def _slug(text: str) -> str:
 
 def pretrain_tasks(num_init_states: int = 50) -> list[BimanualTask]:
     """The whole catalogue, in a fixed order."""
-    templates = {name: (horizon, goal) for name, horizon, _, goal, _ in _TASKS}
-    kinds = _kinds(False)
+    templates = {name: (horizon, goal) for name, horizon, _, goal, _ in TASKS}
+    kinds = object_kinds(False)
     names = list(PALETTE)
     out = []
     for i, (template, text, keyed, named) in enumerate(_candidates()):

@@ -1,15 +1,15 @@
-"""The batched TorchRL env of the bimanual suite: the tabletop env with :class:`BimanualSim` sub-envs.
+"""The batched TorchRL env of the bimanual suite: the kit's env over :class:`BimanualSim` sub-envs.
 
 Everything of the contract (chunked open-loop execution, one frame per
 decision, reward on first success, frozen finished sub-envs, ``_step`` masks,
-truncation, prompt ids) is :class:`~vla_grpo.envs.tabletop.env.TabletopEnv`'s;
-only the simulator of a sub-env differs.
+truncation, prompt ids) is :class:`~vla_grpo.envs.scene.env.SceneEnv`'s; the
+bimanual suite names its simulator and its scene.
 """
 from __future__ import annotations
 
 import mujoco
 
-from ..tabletop.env import TabletopEnv, compile_xml
+from ..scene.env import SceneEnv, compile_xml
 from .scene import build_mjcf
 from .sim import BimanualSim
 from .tasks import BimanualTask
@@ -20,7 +20,7 @@ def compile_model(task: BimanualTask, image_size: int) -> mujoco.MjModel:
     return compile_xml(build_mjcf(task.objects, offscreen=image_size))
 
 
-class BimanualEnv(TabletopEnv):
+class BimanualEnv(SceneEnv):
     """Batch-locked env of ``num_envs`` bimanual sub-envs executing ``chunk_size``-step 14-D chunks.
 
     Args:

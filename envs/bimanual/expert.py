@@ -1,7 +1,7 @@
 """Scripted bimanual experts: memoryless per-arm state machines over the simulated state.
 
-Like the tabletop experts (whose move primitive and heights they reuse), an
-expert reads the true state (poses, hands, what each hand holds) and returns
+Like every scene expert (:mod:`vla_grpo.envs.scene.expert`: chunk planning, the move
+primitive, heights), an expert reads the true state (poses, hands, what each hand holds) and returns
 one 14-D action; a chunk comes from rolling a copy of the simulator forward,
 so the open-loop chunk replays exactly. Each task combines a few per-arm
 skills: fetch (reach over a grasp point, descend, close), carry (rise, move,
@@ -14,8 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tabletop.expert import CARRY_BOTTOM, CLOSE, OPEN, TRANSIT_Z, move_action, plan_chunk, xy_dist
-from ..tabletop.sim import MAX_DELTA
+from ..scene.expert import (
+    CARRY_BOTTOM,
+    CLOSE,
+    OPEN,
+    TRANSIT_Z,
+    grasp_height,
+    move_action,
+    plan_chunk,
+    xy_dist,
+)
+from ..scene.sim import MAX_DELTA
 from .scene import HAMMER_HEAD, POT_HANDLE_HALF, POT_HANDLE_X, grasp_parts, pot_handle_z
 from .sim import BimanualSim
 from .tasks import BimanualTask
@@ -29,12 +38,6 @@ LOW_GRIP, HIGH_GRIP = 0.01, 0.07
 #: where stack_bowls_two puts the first bowl (x)
 STACK_X = -0.03
 HOME = {LEFT: (-0.2, 0.17, 0.2), RIGHT: (0.2, 0.17, 0.2)}
-
-
-def grasp_height(sim: BimanualSim, key: str) -> float:
-    """Tool-centre z to grasp ``key``: fingers overlap its top ~3.5 cm (the tabletop rule)."""
-    height = 2 * sim.task.kind(key).collision_half[2]
-    return sim.bottom(key) + max(0.018, height - 0.035)
 
 
 # -- per-arm skills ------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Objects and MJCF of the bimanual scenes: the tabletop's table, camera and hands, two of them.
+"""Objects and MJCF of the bimanual scenes: the kit's table, camera and hand, the hand twice.
 
-The table, camera, lighting and the servoed two-finger hand are the
-tabletop suite's (:func:`vla_grpo.envs.tabletop.scene.scene_mjcf`,
-:func:`~vla_grpo.envs.tabletop.scene.hand_xml`), instanced twice with the
-name prefixes ``left_`` and ``right_``; ordinary objects are tabletop
+The table, camera, lighting and the servoed two-finger hand are the scene
+kit's (:func:`vla_grpo.envs.scene.mjcf.scene_mjcf`,
+:func:`~vla_grpo.envs.scene.mjcf.hand_xml`), the hand instanced twice with the
+name prefixes ``left_`` and ``right_``; ordinary objects are the kit's
 :class:`ObjectKind` bodies. Two kinds are new: a **pot** (round body, two
 upright handle tabs on its left and right rims, one per hand) and a
 **hammer** (a handle along ``y`` and a head at its far end).
@@ -14,13 +14,13 @@ for ordinary objects, a handle for the pot and the hammer.
 """
 from __future__ import annotations
 
-from ..tabletop.scene import (
+from ..scene.mjcf import (
     ObjectKind,
     SceneObject,
-    _geom,
-    _rgba,
+    geom_xml,
     hand_xml,
     object_body,
+    rgba_text,
     scene_mjcf,
 )
 
@@ -50,17 +50,17 @@ def _free_body(key: str, geoms: list[str]) -> str:
 def _pot_body(obj: SceneObject) -> str:
     k = obj.kind
     hx, hy, hz = k.half
-    main, dark = _rgba(k.rgba), _rgba(k.rgba, 0.55)
-    geoms = [  # an octagonal prism collides, a cylinder is drawn (as tabletop round objects)
-        _geom("box", (hx, hy, hz), "0 0 0 0", cls="col", extra=f'mass="{k.mass / 2}"'),
-        _geom("box", (hx, hy, hz), "0 0 0 0", cls="col",
+    main, dark = rgba_text(k.rgba), rgba_text(k.rgba, 0.55)
+    geoms = [  # an octagonal prism collides, a cylinder is drawn (as the kit's round objects)
+        geom_xml("box", (hx, hy, hz), "0 0 0 0", cls="col", extra=f'mass="{k.mass / 2}"'),
+        geom_xml("box", (hx, hy, hz), "0 0 0 0", cls="col",
               extra=f'mass="{k.mass / 2}" euler="0 0 0.7854" contype="2" conaffinity="2"'),
-        _geom("cylinder", (POT_RADIUS, hz), main),
-        _geom("cylinder", (0.85 * POT_RADIUS, 0.0015), dark, (0, 0, hz)),
+        geom_xml("cylinder", (POT_RADIUS, hz), main),
+        geom_xml("cylinder", (0.85 * POT_RADIUS, 0.0015), dark, (0, 0, hz)),
     ]
     z = pot_handle_z(k)
     for sx in (-1, 1):
-        geoms.append(_geom("box", POT_HANDLE_HALF, dark, (sx * POT_HANDLE_X, 0, z), cls="solid", extra='mass="0.02"'))
+        geoms.append(geom_xml("box", POT_HANDLE_HALF, dark, (sx * POT_HANDLE_X, 0, z), cls="solid", extra='mass="0.02"'))
     return _free_body(obj.key, geoms)
 
 
@@ -68,14 +68,14 @@ def _hammer_body(obj: SceneObject) -> str:
     k = obj.kind
     (hp, hh), (dp, dh) = HAMMER_HANDLE, HAMMER_HEAD
     geoms = [
-        _geom("box", hh, _rgba(k.rgba), hp, cls="solid", extra='mass="0.08"'),
-        _geom("box", dh, _rgba((0.3, 0.3, 0.33, 1)), dp, cls="solid", extra='mass="0.15"'),
+        geom_xml("box", hh, rgba_text(k.rgba), hp, cls="solid", extra='mass="0.08"'),
+        geom_xml("box", dh, rgba_text((0.3, 0.3, 0.33, 1)), dp, cls="solid", extra='mass="0.15"'),
     ]
     return _free_body(obj.key, geoms)
 
 
 def body_xml(obj: SceneObject) -> str:
-    """MJCF ``<body>`` of one object (tabletop kinds, plus ``pot`` and ``hammer``)."""
+    """MJCF ``<body>`` of one object (the kit's kinds, plus ``pot`` and ``hammer``)."""
     if obj.kind.shape == "pot":
         return _pot_body(obj)
     if obj.kind.shape == "hammer":

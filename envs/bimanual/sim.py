@@ -1,9 +1,9 @@
-"""Physics of one bimanual sub-environment: two tabletop hands, shared grasps, success.
+"""Physics of one bimanual sub-environment: two of the kit's hands, shared grasps, success.
 
-Each arm is the tabletop suite's servoed top-down hand (:class:`~vla_grpo.envs.tabletop.hand.Hand`),
-stepped with the same per-step displacement and substeps; the 14-D action is
+Each arm is the scene kit's servoed top-down hand (:class:`~vla_grpo.envs.scene.hand.Hand`),
+stepped with the kit's per-step displacement and substeps; the 14-D action is
 ``[left 7 | right 7]``, each ``(dx, dy, dz, 3 ignored rotation dims, gripper)``.
-Grasping is the tabletop's attach rule, per hand; an object may be held by
+Grasping is the hand's attach rule, per hand; an object may be held by
 both hands at once (the pot, or a block mid-handover), and then follows the
 mean of the two hands' grasp poses.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from ..tabletop.hand import Hand, pin_object
-from ..tabletop.sim import MAX_DELTA, SUBSTEPS, SceneSim
+from ..scene.hand import Hand, pin_object
+from ..scene.sim import MAX_DELTA, SUBSTEPS, SceneSim
 from .scene import ARMS, HAMMER_HEAD, grasp_parts
 from .tasks import LIFT_HEIGHT, REACH_X, BimanualTask
 

@@ -1,7 +1,7 @@
 """The bimanual suite: task catalogue, env factory, scripted experts."""
 from __future__ import annotations
 
-from ..tabletop.suite import SceneSuite
+from ..scene.suite import SceneSuite
 from .catalogue import pretrain_tasks
 from .env import BimanualEnv
 from .expert import BimanualExpert

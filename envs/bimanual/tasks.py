@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..base import TRAIN_SPLIT, TaskSpec
-from ..tabletop.scene import HAND_START_Z, ObjectKind, SceneObject
-from ..tabletop.tasks import SceneTask
+from ..scene.mjcf import HAND_START_Z, ObjectKind, SceneObject
+from ..scene.tasks import Goal, SceneTask
 
 UNSEEN_SPLIT = "unseen"
 #: x range each arm's tool centre can reach: its own side plus a strip across the middle
@@ -37,7 +37,7 @@ LIFT_HEIGHT = 0.06
 HORIZON = {"short": 120, "medium": 200, "long": 300}
 
 
-def _kinds(unseen: bool) -> dict[str, ObjectKind]:
+def object_kinds(unseen: bool) -> dict[str, ObjectKind]:
     """Object kinds in their seen or unseen colours (same names, shapes and sizes)."""
     c = {  # name: (seen rgba, unseen rgba)
         "pot": ((0.55, 0.57, 0.6, 1), (0.75, 0.42, 0.2, 1)),
@@ -74,21 +74,11 @@ def _kinds(unseen: bool) -> dict[str, ObjectKind]:
     }
 
 
-@dataclass(frozen=True)
-class Goal:
-    """What must become true: ``verb`` on object ``obj`` (and ``target``); see ``BimanualSim.success``.
-
-    Verbs: ``lift_both`` (obj lifted, held by both hands), ``lift_pair`` (obj and
-    target both lifted), ``beat`` (hammer head down on target), ``place_on``
-    (obj resting on target, released), ``beside`` (obj released on the table
-    next to target), ``left_of`` (obj released on the table left of target),
-    ``handover`` (obj held up by the left hand only), ``stack`` (obj on target,
-    released, the pair near the middle of the table).
-    """
-
-    verb: str
-    obj: str
-    target: str | None = None
+# Goal verbs (vla_grpo.envs.scene.tasks.Goal; BimanualSim.success): ``lift_both`` (obj lifted,
+# held by both hands), ``lift_pair`` (obj and target both lifted), ``beat`` (hammer head down on
+# target), ``place_on`` (obj resting on target, released), ``beside`` (obj released on the table
+# next to target), ``left_of`` (obj released on the table left of target), ``handover`` (obj held
+# up by the left hand only), ``stack`` (obj on target, released, the pair near the middle of the table).
 
 
 # -- layouts: (rng, unseen) -> {key: (x, y, yaw)} ---------------------------------------
@@ -193,7 +183,7 @@ class BimanualTask(SceneTask):
 
 # -- the catalogue ---------------------------------------------------------------------
 # (name, horizon, instruction, goal, objects as (key, kind name))
-_TASKS = (
+TASKS = (
     ("lift_pot", "short", "lift the pot with both arms", Goal("lift_both", "pot"), (("pot", "pot"),)),
     ("beat_block_hammer", "short", "beat the block with the hammer", Goal("beat", "hammer", "block"),
      (("hammer", "hammer"), ("block", "block"))),
@@ -220,9 +210,9 @@ def build_catalogue(num_init_states: int = 50) -> list[BimanualTask]:
     """All tasks in ``task_index`` order: the ten seen tasks, then their unseen variants."""
     out = []
     for unseen in (False, True):
-        kinds = _kinds(unseen)
+        kinds = object_kinds(unseen)
         split = UNSEEN_SPLIT if unseen else TRAIN_SPLIT
-        for name, horizon, text, goal, objs in _TASKS:
+        for name, horizon, text, goal, objs in TASKS:
             objects = tuple(SceneObject(key, kinds[kind]) for key, kind in objs)
             full = f"{split}/{name}" if unseen else name
             spec = TaskSpec(full, text, split, horizon, HORIZON[horizon], num_init_states)

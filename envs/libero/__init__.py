@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering unless the user chose a backend
 
-from .suite import MAX_STEPS, PRO_VARIANTS, LiberoSuite, LiberoTask  # noqa: E402
+from .suite import LiberoSuite  # noqa: E402
+from .tasks import MAX_STEPS, PRO_VARIANTS, LiberoTask  # noqa: E402
 
 __all__ = ["LiberoSuite", "LiberoTask", "MAX_STEPS", "PRO_VARIANTS"]

@@ -1,9 +1,9 @@
-"""The batched TorchRL env of the LIBERO suite: the tabletop env's contract over LIBERO simulators.
+"""The batched TorchRL env of the LIBERO suite: the scene kit's env contract over LIBERO simulators.
 
 Everything of the contract (chunked open-loop execution stopping at the first
 success or the step limit, one frame per decision, reward on first success,
 frozen finished sub-envs, ``_step`` masks, prompt ids) is
-:class:`~vla_grpo.envs.tabletop.env.TabletopEnv`'s; here a sub-env's simulator
+:class:`~vla_grpo.envs.scene.env.SceneEnv`'s; here a sub-env's simulator
 is a :class:`.sim.LiberoSim` and frames come from :class:`.render.LiberoRenderer`.
 
 Why not TorchRL's ``torchrl.envs.libs.libero.LiberoEnv``: with the
@@ -26,12 +26,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..tabletop.env import TabletopEnv
+from ..scene.env import SceneEnv
 from .render import LiberoRenderer
 from .sim import LiberoSim
 
 
-class LiberoBatchEnv(TabletopEnv):
+class LiberoBatchEnv(SceneEnv):
     """Batch-locked env of ``num_envs`` LIBERO sub-envs executing ``chunk_size``-step 7-D chunks.
 
     Args:

@@ -45,16 +45,17 @@ from .skills import (
     open_drawer,
     turn_knob,
 )
+from .tasks import LiberoTask
 
 
 class LiberoExpert:
     """Scripted expert of one LIBERO task: ``expert(sim, chunk_size) -> [H, 7]`` float32 actions.
 
     Args:
-        task: the :class:`~vla_grpo.envs.libero.LiberoTask` it solves.
+        task: the :class:`~.tasks.LiberoTask` it solves.
     """
 
-    def __init__(self, task) -> None:
+    def __init__(self, task: LiberoTask) -> None:
         self.task = task
 
     def __call__(self, sim: LiberoSim, chunk_size: int) -> np.ndarray:

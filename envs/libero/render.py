@@ -14,7 +14,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from ..tabletop.render import FrameRenderer, _gl_context_class, _track
+from ..scene.render import FrameRenderer, gl_context_class, track_renderer
 
 #: robosuite puts collision geoms in group 0 (visual meshes in group 1): never drawn
 _COLLISION_GROUP = 0
@@ -38,8 +38,8 @@ class LiberoRenderer(FrameRenderer):
         pair = self._ctxs.get(key)
         if pair is None:
             if self._gl is None:
-                self._gl = _gl_context_class()(self.size, self.size)
-                _track(self)
+                self._gl = gl_context_class()(self.size, self.size)
+                track_renderer(self)
             self._gl.make_current()
             # no MSAA, a frame-sized offscreen buffer (set before the context reads them)
             model.vis.quality.offsamples = 0

@@ -21,7 +21,7 @@ import io
 import mujoco
 import numpy as np
 
-from .suite import NUM_STEPS_WAIT, STATE_DIM, LiberoTask
+from .tasks import NUM_STEPS_WAIT, STATE_DIM, LiberoTask
 
 #: the no-op LIBERO's evaluations send while objects settle: hold still, gripper open
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1.0])

@@ -26,9 +26,9 @@ import zlib
 import numpy as np
 
 from ..base import TaskSpec
+from ..scene.mjcf import SceneObject
 from .layouts import AnchoredLayout, LaneLayout
 from .phrasing import phrasings
-from .scene import SceneObject
 from .tasks import (
     BASKET,
     BLUE_BOWL,

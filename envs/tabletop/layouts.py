@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scene import BASKET_INNER, BASKET_WALL, HAND_START_Z
+from ..scene.mjcf import BASKET_INNER, BASKET_WALL, HAND_START_Z
 
 #: ``"narrow"`` spread: largest move (m, along x and along y) of an object from its canonical place
 #: (a layout's ``narrow_jitter`` can be smaller: the goal scene's lanes leave 4 cm between objects)

@@ -1,52 +1,14 @@
-"""The tabletop suite: task catalogue, env factory, scripted experts."""
+"""The tabletop suite: task catalogue (with the optional pretraining catalogue), env factory, scripted experts."""
 from __future__ import annotations
 
-from ..base import Suite, TaskSpec
+from dataclasses import replace
+
+from ..scene.suite import SceneSuite
+from .catalogue import pretrain_tasks
 from .env import TabletopEnv
 from .expert import TabletopExpert
 from .sim import STATE_DIM
 from .tasks import SPREADS, TabletopTask, build_catalogue
-
-
-class SceneSuite(Suite):
-    """What the MuJoCo scene suites share: a built task catalogue, an env class, an expert per task.
-
-    Subclasses set ``env_class`` and ``expert_class`` and fill ``self._tasks``
-    (objects with a ``spec``) after :meth:`_init_sizes`.
-    """
-
-    env_class: type
-    expert_class: type
-
-    def _init_sizes(self, image_size: int, num_init_states: int) -> None:
-        if image_size < 16:
-            raise ValueError(f"`image_size` must be >= 16 (got {image_size})")
-        if num_init_states < 1:
-            raise ValueError(f"`num_init_states` must be >= 1 (got {num_init_states})")
-        self.image_size = int(image_size)
-        self.num_init_states = int(num_init_states)
-        self._experts: dict = {}
-
-    def all_tasks(self) -> list[TaskSpec]:
-        return [t.spec for t in self._tasks]
-
-    def task(self, task_index: int):
-        """The full task (scene, goal, layout) behind ``all_tasks()[task_index]``."""
-        return self._tasks[task_index]
-
-    def make_env(self, num_envs: int, *, chunk_size: int, seed: int = 0):
-        return self.env_class(self, num_envs=num_envs, chunk_size=chunk_size, seed=seed)
-
-    def expert(self, task_index: int):
-        """Scripted expert of a task: ``expert(sim, chunk_size) -> [H, action_dim]`` actions.
-
-        ``sim`` is a sub-env simulator (``env.sims[i]``); ``env.expert_chunk()``
-        applies the right expert to every sub-env.
-        """
-        expert = self._experts.get(task_index)
-        if expert is None:
-            expert = self._experts[task_index] = self.expert_class(self._tasks[task_index])
-        return expert
 
 
 class TabletopSuite(SceneSuite):
@@ -109,8 +71,9 @@ class TabletopSuite(SceneSuite):
         self.pretrain_catalogue = bool(pretrain_catalogue)
         if pretrain_catalogue:
             self.name += "-pretrain"
-        self._tasks: list[TabletopTask] = build_catalogue(self.num_init_states, spread, seen_per_family,
-                                                          self.pretrain_catalogue)
+        self._tasks: list[TabletopTask] = build_catalogue(self.num_init_states, spread, seen_per_family)
+        if self.pretrain_catalogue:  # after the suite's own tasks, so their indices stay
+            self._tasks += [replace(t, spread=spread) for t in pretrain_tasks(self.num_init_states)]
 
     def __repr__(self) -> str:
         return (f"TabletopSuite(image_size={self.image_size}, wrist_camera={self.wrist_camera}, "

@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
 from ..base import TRAIN_SPLIT, TaskSpec
+from ..scene.mjcf import ObjectKind, SceneObject
+from ..scene.tasks import Goal, SceneTask, init_state_rng
 from .layouts import NARROW_JITTER, AnchoredLayout, LaneLayout, ScatterLayout, hand_start  # noqa: F401 (NARROW_JITTER re-exported)
 from .phrasing import phrasings
-from .scene import ObjectKind, SceneObject
+
+# Goal verbs (vla_grpo.envs.scene.tasks.Goal; TabletopSim.success): ``place_on`` (obj resting on
+# target), ``place_in`` (obj inside the target basket), ``push_front`` (obj centre pushed past
+# FRONT_Y), ``lift`` (obj bottom above LIFT_HEIGHT).
 
 #: an object's centre must end below this y for "push ... to the front"
 FRONT_Y = -0.12
@@ -73,58 +77,6 @@ UNSEEN_GROCERIES = (
     ObjectKind("alphabet soup", "can", (0.03, 0.03, 0.034), (0.1, 0.66, 0.66, 1)),
     ObjectKind("grape juice", "carton", (0.026, 0.026, 0.044), (0.5, 0.18, 0.66, 1)),
 )
-
-
-@dataclass(frozen=True)
-class Goal:
-    """What must become true: ``verb`` applied to object ``obj`` (and ``target``).
-
-    Verbs: ``place_on`` (obj resting on target), ``place_in`` (obj inside the
-    target basket), ``push_front`` (obj centre pushed past :data:`FRONT_Y`),
-    ``lift`` (obj bottom above :data:`LIFT_HEIGHT`).
-    """
-
-    verb: str
-    obj: str
-    target: str | None = None
-
-
-def init_state_rng(spec: TaskSpec, init_state_id: int, name: str | None = None) -> np.random.Generator:
-    """The generator of a task's initial state: seeded by ``(crc32(name), id)``, the id range-checked.
-
-    ``name``: the task whose states these are (a reworded copy shares its origin's); default ``spec.name``.
-    """
-    if not 0 <= init_state_id < spec.num_init_states:
-        raise ValueError(
-            f"init_state_id {init_state_id} is out of range for task {spec.name!r}; "
-            f"expected 0 <= id < {spec.num_init_states}"
-        )
-    return np.random.default_rng((zlib.crc32((name or spec.name).encode()), int(init_state_id)))
-
-
-@dataclass(frozen=True)
-class SceneTask:
-    """A task of a scene suite: its public :class:`TaskSpec`, scene objects, goal and layout sampler.
-
-    ``goal`` and ``layout`` are the suite's own types; ``layout.sample(rng)``
-    gives an initial layout.
-    """
-
-    spec: TaskSpec
-    objects: tuple[SceneObject, ...]
-    goal: Any
-    layout: Any
-
-    def kind(self, key: str) -> ObjectKind:
-        """The kind of the task's object ``key``."""
-        for obj in self.objects:
-            if obj.key == key:
-                return obj.kind
-        raise KeyError(f"task {self.spec.name!r} has no object {key!r}")
-
-    def init_layout(self, init_state_id: int) -> dict[str, tuple[float, ...]]:
-        """The layout of initial state ``init_state_id`` (pure function of name and id)."""
-        return self.layout.sample(init_state_rng(self.spec, init_state_id))
 
 
 @dataclass(frozen=True)
@@ -279,10 +231,10 @@ def paraphrase_tasks(seen: list[TabletopTask]) -> list[TabletopTask]:
 
 def build_catalogue(
     num_init_states: int = 50, spread: str = "narrow", seen_per_family: int | None = None,
-    pretrain_catalogue: bool = False,
 ) -> list[TabletopTask]:
-    """All tasks in ``task_index`` order: seen tasks of each family, the unseen splits, ``paraphrase``,
-    then (with ``pretrain_catalogue``) the ``pretrain`` split of :mod:`.catalogue`.
+    """All tasks in ``task_index`` order: seen tasks of each family, the unseen splits, ``paraphrase``.
+
+    (The suite adds the ``pretrain`` split of :mod:`.catalogue` after them.)
 
     ``seen_per_family`` keeps only the first that many seen tasks of each family
     (the unseen splits stay whole; ``paraphrase`` follows the seen tasks).
@@ -295,9 +247,4 @@ def build_catalogue(
                     + [t for t in fam if t.spec.split != TRAIN_SPLIT] for fam in families]
     tasks = [replace(t, spread=spread) for fam in families for t in fam]
     seen = [t for t in tasks if t.spec.split == TRAIN_SPLIT]
-    out = seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT] + paraphrase_tasks(seen)
-    if pretrain_catalogue:
-        from .catalogue import pretrain_tasks
-
-        out += [replace(t, spread=spread) for t in pretrain_tasks(num_init_states)]
-    return out
+    return seen + [t for t in tasks if t.spec.split != TRAIN_SPLIT] + paraphrase_tasks(seen)

@@ -13,7 +13,7 @@ import atexit
 import os
 import weakref
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default (see _gl_context_class)
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default (see gl_context_class)
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
@@ -22,7 +22,7 @@ _OPEN: weakref.WeakSet[FrameRenderer] = weakref.WeakSet()
 _EXIT_HOOK = []
 
 
-def _gl_context_class() -> type:
+def gl_context_class() -> type:
     """The GL context class for ``MUJOCO_GL`` (EGL unless the user chose otherwise).
 
     ``mujoco.GLContext`` is fixed when mujoco is first imported, and
@@ -45,7 +45,8 @@ def _close_all() -> None:
         renderer.close()
 
 
-def _track(renderer: FrameRenderer) -> None:
+def track_renderer(renderer: FrameRenderer) -> None:
+    """Have ``renderer`` closed at interpreter exit (a renderer that opens its own GL context calls this)."""
     # Free GL contexts at exit while EGL is still up, not in __del__ at teardown.
     # Registered after mujoco's first context registered `eglTerminate`: atexit
     # runs last-in first-out, so this runs before it.
@@ -60,7 +61,7 @@ _HIDDEN_GROUP = 3
 
 
 class FrameRenderer:
-    """Renders square RGB frames of any tabletop model with one GL context.
+    """Renders square RGB frames of any scene model (built from :mod:`.mjcf`) with one GL context.
 
     Args:
         size: side of the square frames in pixels.
@@ -78,12 +79,12 @@ class FrameRenderer:
         self._rect = mujoco.MjrRect(0, 0, self.size, self.size)
 
     def _open(self, model: mujoco.MjModel) -> None:
-        self._gl = _gl_context_class()(self.size, self.size)
+        self._gl = gl_context_class()(self.size, self.size)
         self._gl.make_current()
         self._ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_50)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._ctx)
         self._scene = mujoco.MjvScene(model, maxgeom=256)
-        _track(self)
+        track_renderer(self)
 
     def render(self, model: mujoco.MjModel, data: mujoco.MjData, camera: int, out: np.ndarray) -> None:
         """Draw camera ``camera`` of ``(model, data)`` into ``out`` (uint8 ``[S, S, 3]``, HWC)."""

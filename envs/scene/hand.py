@@ -1,4 +1,4 @@
-"""One servoed top-down hand with two fingers (:func:`scene.hand_xml`), shared by the suites.
+"""One servoed top-down hand with two fingers (:func:`.mjcf.hand_xml`): its addresses and its grasp.
 
 A :class:`Hand` knows the addresses of one hand in a compiled model (joints,
 actuators, finger bodies, wrist camera) and the grasp it holds; the
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import mujoco
 import numpy as np
 
-from .scene import FINGER_CLOSED, TIMESTEP
+from .mjcf import FINGER_CLOSED, TIMESTEP
 
 
 def pin_object(data: mujoco.MjData, qadr: int, dadr: int, pos: np.ndarray, quat: np.ndarray,
