@@ -1,4 +1,4 @@
-"""The task catalogue: scenes, goals, seeded initial-state layouts.
+"""The tabletop task catalogue: object kinds, seen and held-out tasks per family, their initial-state spreads.
 
 Three LIBERO-like families, each with seen (``train``) and held-out tasks:
 
