@@ -1,5 +1,5 @@
-"""GRPOModule's training step in real fits: steps without a mixed group, skipped non-finite updates,
-and an exact resume from a checkpoint."""
+"""GRPOModule's training step in real fits: steps without a mixed group, the row an empty minibatch
+scores, skipped non-finite updates, and an exact resume from a checkpoint."""
 from __future__ import annotations
 
 import pytest
@@ -36,6 +36,35 @@ def test_steps_without_any_mixed_group_still_count_and_move_no_weight(tmp_path):
     # exact: no update ran, so not a bit of any weight may change
     for k, v in policy.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_an_empty_minibatch_of_a_sharded_policy_scores_a_row_of_the_step_at_weight_zero(tmp_path, monkeypatch):
+    """Under FSDP a minibatch without rows still runs the policy (every rank joins each layer's
+    gather): it scores one decision row the step hands down (with its instruction), at weight 0."""
+    import lightning as L
+
+    import vla_grpo.module as module_lib
+    from vla_grpo.keys import INSTRUCTION_KEY
+
+    monkeypatch.setattr(module_lib, "is_sharded", lambda policy: True)  # as if FSDP had sharded it
+    module = module_lib.GRPOModule(toy_policy(), ToyReachSuite(image_size=16, max_steps=24), group_size=2,
+                                   groups_per_step=1, prompts_per_round=2, dynamic_sampling=False,
+                                   num_minibatches=32, eval_states_per_task=1)  # more minibatches than rows
+    score, scored = module.policy.score, []
+
+    def recording_score(td):
+        scored.append((td.shape[0], INSTRUCTION_KEY in td.keys()))
+        return score(td)
+
+    module.policy.score = recording_score
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module)
+    # one group of 2 episodes of at most 6 decisions a step: most of the 32 minibatches are empty, and
+    # each minibatch, empty or not, scored one row with its instruction
+    assert trainer.global_step == 2 and scored == [(1, True)] * (2 * 32)
+    assert not hasattr(module, "_filler")
 
 
 def _snapshot(module) -> tuple[dict, dict]:

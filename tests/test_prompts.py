@@ -1,5 +1,5 @@
 """Prompt samplers: success-aware and Thompson draws against uniform, rank shards and re-sharding,
-held-out eval states, ``train_tasks`` (``vla_grpo.prompts``)."""
+held-out eval states, ``train_tasks``, a round's members (``vla_grpo.prompts``)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,13 @@ import torch
 
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.toy import ToyReachSuite
-from vla_grpo.prompts import PromptSampler, SuccessAwarePromptSampler, ThompsonPromptSampler
+from vla_grpo.prompts import (
+    Prompt,
+    PromptSampler,
+    SuccessAwarePromptSampler,
+    ThompsonPromptSampler,
+    repeat_per_member,
+)
 
 
 def _discarded_fraction(sampler, true_p: dict, rounds: int = 300, G: int = 8) -> float:
@@ -117,3 +123,7 @@ def test_train_tasks_keep_named_tasks_and_family_prefixes():
     with pytest.raises(ValueError, match="'goal/lift_bowl' names no train task"):  # an unseen task
         PromptSampler(suite, tasks=["goal/lift_bowl"])
 
+
+def test_each_prompt_and_its_group_id_repeat_once_per_group_member():
+    prompts = [Prompt(3, 1, phrasing=2), Prompt(0, 4)]
+    assert repeat_per_member(prompts, [5, 8], 3) == ([prompts[0]] * 3 + [prompts[1]] * 3, [5, 5, 5, 8, 8, 8])

@@ -63,6 +63,30 @@ def test_lengths_and_masks_when_episodes_end_at_different_steps():
         assert "language_instruction" not in traj.keys()
 
 
+def test_a_round_record_carries_its_prompts_ids_and_instructions():
+    """``run_round``: G consecutive members per prompt under the group's id, each trajectory's id and
+    instruction with it, and the very record ``run`` gives for those members."""
+    suite = ToyReachSuite()
+    prompts, group_ids, traj_ids = [Prompt(1, 2), Prompt(0, 5)], [7, 9], list(range(100, 108))
+    members = [p for p in prompts for _ in range(4)]
+    rollout = GroupedRollout(suite, num_envs=8, chunk_size=4)
+    try:
+        rnd = rollout.run_round(toy_policy(), prompts, group_ids, traj_ids, greedy=True)
+        data = rollout.run(toy_policy(), members, [7] * 4 + [9] * 4, greedy=True)
+        with pytest.raises(ValueError, match="expected prompts and group ids of one length dividing 8"):
+            rollout.run_round(toy_policy(), prompts * 2, group_ids, traj_ids)
+    finally:
+        rollout.close()
+    assert (rnd.prompts, rnd.group_ids, rnd.traj_ids, rnd.group_size) == (prompts, group_ids, traj_ids, 4)
+    assert rnd.instructions == [suite.all_tasks()[p.task_index].phrasing(p.phrasing) for p in members]
+    assert rnd.data[:, 0][GROUP_ID_KEY].view(-1).tolist() == [7] * 4 + [9] * 4
+    # exact: one process, the same policy and batch layout, greedy: the same computation
+    keys = sorted(data.keys(include_nested=True, leaves_only=True), key=str)
+    assert sorted(rnd.data.keys(include_nested=True, leaves_only=True), key=str) == keys
+    for key in keys:
+        assert torch.equal(rnd.data[key], data[key]), key
+
+
 @pytest.mark.parametrize("suite_name", ["toy", "tabletop"])
 def test_in_process_and_worker_backends_roll_out_the_same_episodes(suite_name):
     """Same prompts, greedy policy: the in-process pool == 2 simulator processes (sub-envs interleaved).
