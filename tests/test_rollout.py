@@ -1,5 +1,5 @@
-"""The rollout engine: grouped resets, valid masks, the in-process, worker and pipelined backends,
-refused rounds and worker failures (``vla_grpo.rollout``, ``vla_grpo.simpool``)."""
+"""The rollout engine: grouped resets, valid masks, round records, the in-process, worker and pipelined
+backends, refused rounds and worker failures (``vla_grpo.rollout``, ``vla_grpo.simpool``)."""
 from __future__ import annotations
 
 import os

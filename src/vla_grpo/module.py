@@ -266,9 +266,8 @@ class GRPOModule(L.LightningModule):
     def collect(self) -> tuple[TensorDict | None, TensorDict | None, dict[str, float]]:
         """Roll out rounds until every rank holds ``groups_per_step`` mixed groups.
 
-        Returns this rank's groups (None: it holds none), the decision row a minibatch without
-        data scores (:meth:`_minibatch_step`; None only when no round ran, as then every rank
-        holds groups) and the rollout metrics.
+        Returns this rank's groups (None: it holds none), the row an empty minibatch scores
+        (:meth:`_minibatch_step`; None only if no round ran: then every rank holds groups) and the metrics.
         """
         G, need = self.hparams.group_size, self.hparams.groups_per_step
         successes, episodes, unstable, rounds, env_rate, filler = 0.0, 0, 0, 0, [], None
