@@ -15,7 +15,8 @@ from vla_grpo.keys import GROUP_ID_KEY, TRAJ_ID_KEY
 
 
 class BufferAudit(pl.Callback):
-    """Wraps ``module.rollout.run`` and ``module.buffer.pop_groups`` (the real ones) to check them.
+    """Wraps ``module.rollout.run`` (eval rounds), ``module.rollout.run_round`` (training rounds) and
+    ``module.buffer.pop_groups`` (the real ones) to check them.
 
     - every round: each episode's valid decisions are a prefix ending at the env's own done flag;
     - every popped batch: whole groups of ``group_size`` distinct trajectories, none seen before.
@@ -28,10 +29,10 @@ class BufferAudit(pl.Callback):
         self._seen: set[int] = set()
 
     def on_train_start(self, trainer, module) -> None:
-        run, pop, group_size = module.rollout.run, module.buffer.pop_groups, module.hparams.group_size
+        run, run_round, pop = module.rollout.run, module.rollout.run_round, module.buffer.pop_groups
+        group_size = module.hparams.group_size
 
-        def audited_run(policy, prompts, group_ids, *, greedy=False):
-            data = run(policy, prompts, group_ids, greedy=greedy)
+        def audit(data):
             valid, done = data["valid"], data["next", "done"].squeeze(-1)
             last = valid.sum(-1) - 1
             prefix = valid.long().cummin(-1).values.bool() == valid
@@ -40,6 +41,14 @@ class BufferAudit(pl.Callback):
             self.audit["episodes"] += data.shape[0]
             self.audit["partial_episodes"] += int((~ended).sum())
             return data
+
+        def audited_run(policy, prompts, group_ids, *, greedy=False):
+            return audit(run(policy, prompts, group_ids, greedy=greedy))
+
+        def audited_round(policy, prompts, group_ids, traj_ids, *, greedy=False):
+            record = run_round(policy, prompts, group_ids, traj_ids, greedy=greedy)
+            audit(record.data)
+            return record
 
         def audited_pop(n):
             data = pop(n)
@@ -52,7 +61,7 @@ class BufferAudit(pl.Callback):
                     self._seen |= trajs
             return data
 
-        module.rollout.run, module.buffer.pop_groups = audited_run, audited_pop
+        module.rollout.run, module.rollout.run_round, module.buffer.pop_groups = audited_run, audited_round, audited_pop
 
     def on_fit_end(self, trainer, module) -> None:
         self.audit["steps"] = trainer.global_step

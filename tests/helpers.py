@@ -15,6 +15,7 @@ from vla_grpo.keys import (
     TRAJ_ID_KEY,
     TRAJ_TOKENS_KEY,
 )
+from vla_grpo.policies.tiny import TinyVLAPolicy
 
 H, A = 2, 3
 
@@ -90,3 +91,10 @@ class BrokenSimSuite(ToyReachSuite):
 
         env._step = broken_step
         return env
+
+
+def toy_policy(seed: int = 0) -> TinyVLAPolicy:
+    """A small TinyVLA for the toy suite, its weights seeded, sampling at the GRPO temperature."""
+    torch.manual_seed(seed)
+    return TinyVLAPolicy(action_dim=2, chunk_size=4, state_dim=6, image_size=16, hidden_dim=32,
+                         vocab_size=32, temperature=1.6)

@@ -66,12 +66,6 @@ class IdAllocator:
         self.count = int(state["count"])
 
 
-def repeat_per_member(prompts: Sequence, group_ids: list[int], group_size: int) -> tuple[list, list[int]]:
-    """One entry per sub-env: each prompt and its group id, ``group_size`` times in a row."""
-    return ([p for p in prompts for _ in range(group_size)],
-            [g for g in group_ids for _ in range(group_size)])
-
-
 def split_trajectories(data: TensorDict, traj_ids: list[int], *, tokens_per_decision: int) -> list[TensorDict]:
     """Cut a ``[N, T]`` rollout into N trajectory TensorDicts of their valid decisions.
 
@@ -225,6 +219,6 @@ def _with_group_std(group: TensorDict) -> TensorDict:
 
 
 __all__ = [
-    "DECISION_KEYS", "DynamicSamplingBuffer", "IdAllocator", "repeat_per_member", "split_trajectories",
-    "trajectory_returns", "unstable_episodes",
+    "DECISION_KEYS", "DynamicSamplingBuffer", "IdAllocator", "split_trajectories", "trajectory_returns",
+    "unstable_episodes",
 ]

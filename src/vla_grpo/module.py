@@ -29,7 +29,6 @@ from vla_grpo.evaluation import EvalSpec, greedy_validation_step
 from vla_grpo.groups import (
     DynamicSamplingBuffer,
     IdAllocator,
-    repeat_per_member,
     split_trajectories,
     trajectory_returns,
     unstable_episodes,
@@ -38,12 +37,7 @@ from vla_grpo.guard import NonFiniteGuard, NonFiniteUpdatesError  # noqa: F401  
 from vla_grpo.keys import ENTROPY_KEY, INSTRUCTION_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.policies.base import check_policy_fits_suite
-from vla_grpo.prompts import (
-    PROMPT_SAMPLERS,
-    make_prompt_sampler,
-    prompt_instructions,
-    select_train_tasks,
-)
+from vla_grpo.prompts import PROMPT_SAMPLERS, make_prompt_sampler, select_train_tasks
 from vla_grpo.resume import RESUME_KEY, TrainingRNG, gather_resume_state, restore_resume_state
 from vla_grpo.rollout import GroupedRollout
 from vla_grpo.sharding import full_norm, is_sharded, shard_policy
@@ -104,8 +98,8 @@ class GRPOModule(L.LightningModule):
             re-run after restarting the workers, at most this many times in a row.
         pipeline_rollouts: step two halves of the simulator workers in turn, the
             policy acting on one half while the other simulates (needs
-            ``num_workers >= 2``). Measured 1.08-1.10x the env-steps/s with the
-            policy on a GPU, 0.87-0.93x on a 2-core CPU (``benchmarks/rollout.py``).
+            ``num_workers >= 2``): faster with the policy on a GPU, slower on a
+            few CPU cores (docs/experiments/rollout_engine.md).
         ppo_epochs: passes over the step's data.
         num_minibatches: optimizer steps per epoch (equal on every rank).
         lr: AdamW learning rate.
@@ -259,8 +253,8 @@ class GRPOModule(L.LightningModule):
     # -- the GRPO step -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
         with self.training_rng.fork(self.device):
-            data, rollout_metrics = self.collect()
-            metrics = self.update(data)
+            data, filler, rollout_metrics = self.collect()
+            metrics = self.update(data, filler)
         metrics.update(rollout_metrics)
         self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
         self.log("success", rollout_metrics["rollout/success_rate"], prog_bar=True, batch_size=1)
@@ -269,14 +263,18 @@ class GRPOModule(L.LightningModule):
         """``value`` reduced over the ranks by the strategy (``sum`` or ``min``); itself on one process."""
         return float(self.trainer.strategy.reduce(torch.tensor(float(value), dtype=torch.float64), reduce_op=op))
 
-    def collect(self) -> tuple[TensorDict | None, dict[str, float]]:
-        """Roll out rounds until every rank holds ``groups_per_step`` mixed groups."""
+    def collect(self) -> tuple[TensorDict | None, TensorDict | None, dict[str, float]]:
+        """Roll out rounds until every rank holds ``groups_per_step`` mixed groups.
+
+        Returns this rank's groups (None: it holds none), the row an empty minibatch scores
+        (:meth:`_minibatch_step`; None only if no round ran: then every rank holds groups) and the metrics.
+        """
         G, need = self.hparams.group_size, self.hparams.groups_per_step
-        successes, episodes, unstable, rounds, env_rate = 0.0, 0, 0, 0, []
+        successes, episodes, unstable, rounds, env_rate, filler = 0.0, 0, 0, 0, [], None
         while rounds < self.hparams.max_rollout_rounds:
             if self._reduce(self.buffer.num_groups, "min") >= need:
                 break
-            returns, round_unstable = self._rollout_round()
+            returns, round_unstable, filler = self._rollout_round()
             successes += float(returns.sum())
             episodes += returns.numel()
             unstable += round_unstable
@@ -284,6 +282,7 @@ class GRPOModule(L.LightningModule):
             rounds += 1
         stats = self.buffer.stats()
         data = self.buffer.pop_groups(need)
+        filler = filler if data is None else data[:1]
         completed = max(stats["completed_groups"], 1)
         metrics = {
             "rollout/success_rate": successes / max(episodes, 1),
@@ -296,25 +295,28 @@ class GRPOModule(L.LightningModule):
             "rollout/unstable_episodes": float(unstable),  # ended early by a diverged simulation
             **{f"faults/worker_{kind}": float(n) for kind, n in self.rollout.faults.items()},  # run totals
         }
-        return data, metrics
+        return data, filler, metrics
 
-    def _rollout_round(self) -> tuple[torch.Tensor, int]:
-        """One round of the paper's loop; returns the ``[prompts, G]`` returns and the unstable episodes."""
-        G = self.hparams.group_size
-        prompts = self.sampler.draw(self.prompts_per_round)                                  # draw
-        members, groups = repeat_per_member(prompts, self.group_ids.take(len(prompts)), G)
-        data = self.rollout.run(self.policy, members, groups)                                # roll out
-        trajs = split_trajectories(data, self.traj_ids.take(len(members)),                   # split, reward
+    def _rollout_round(self) -> tuple[torch.Tensor, int, TensorDict]:
+        """One round of the paper's loop: the ``[prompts, G]`` returns, the unstable episodes and
+        the round's first decision row, with its instruction (what an empty minibatch scores)."""
+        n, G = self.prompts_per_round, self.hparams.group_size
+        prompts = self.sampler.draw(n)                                                               # draw
+        rnd = self.rollout.run_round(self.policy, prompts, self.group_ids.take(n), self.traj_ids.take(n * G))
+        trajs = split_trajectories(rnd.data, rnd.traj_ids,                                           # split, reward
                                    tokens_per_decision=self.policy.tokens_per_decision)
-        instructions = prompt_instructions(self.suite, members)
-        self.buffer.extend(trajs, instructions)                                              # keep mixed groups
-        self._filler = trajs[0][:1].set(INSTRUCTION_KEY, NonTensorStack(instructions[0]))  # see _minibatch_step
-        returns = trajectory_returns(trajs).view(len(prompts), G)
-        self.sampler.update_groups(prompts, returns)                                         # update sampler
-        return returns, unstable_episodes(data)
+        self.buffer.extend(trajs, rnd.instructions)                                                  # keep mixed groups
+        returns = trajectory_returns(trajs).view(n, G)
+        self.sampler.update_groups(rnd.prompts, returns)                                             # update sampler
+        first = trajs[0][:1].set(INSTRUCTION_KEY, NonTensorStack(rnd.instructions[0]))
+        return returns, unstable_episodes(rnd.data), first
 
-    def update(self, data: TensorDict | None) -> dict[str, float]:
-        """``ppo_epochs`` x ``num_minibatches`` optimizer steps (the same count on every rank)."""
+    def update(self, data: TensorDict | None, filler: TensorDict | None) -> dict[str, float]:
+        """``ppo_epochs`` x ``num_minibatches`` optimizer steps (the same count on every rank).
+
+        ``filler``: a decision row that a minibatch without data scores at weight 0 (under FSDP
+        every rank must join every layer's gather: :meth:`_minibatch_step`).
+        """
         opt = self.optimizers()
         if self._reduce(0 if data is None else data.shape[0]) == 0:
             # no mixed group on any rank: the step still counts (so max_steps and
@@ -324,8 +326,6 @@ class GRPOModule(L.LightningModule):
             opt.step()
             return {}
         n = 0 if data is None else data.shape[0]
-        if n:  # an empty minibatch of an FSDP rank scores this (a rank with no data rolled out this step)
-            self._filler = data[:1]
         if data is not None and self.reference is not None:
             with torch.no_grad():
                 data.set(REF_LOG_PROBS_KEY, self.reference.score(data.to(self.device))[0].cpu())
@@ -335,15 +335,15 @@ class GRPOModule(L.LightningModule):
             order = torch.randperm(n)
             for i, idx in enumerate(order.tensor_split(self.hparams.num_minibatches)):
                 last = epoch == self.hparams.ppo_epochs - 1 and i == self.hparams.num_minibatches - 1
-                out = self._minibatch_step(opt, None if idx.numel() == 0 else data[idx], last)
+                out = self._minibatch_step(opt, None if idx.numel() == 0 else data[idx], last, filler)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
         return {f"train/{k}": v / steps for k, v in sums.items()}
 
-    def _minibatch_step(self, opt, batch: TensorDict | None, last: bool) -> dict[str, float]:
+    def _minibatch_step(self, opt, batch: TensorDict | None, last: bool, filler: TensorDict | None) -> dict[str, float]:
         if batch is None and is_sharded(self.policy):
             # an empty rank still joins FSDP's per-layer gathers and reductions: a real pass, weight 0
-            loss = self.policy.score(self._filler.to(self.device))[0].sum() * 0.0
+            loss = self.policy.score(filler.to(self.device))[0].sum() * 0.0
             out = {}
         elif batch is None:
             # an empty rank still joins DDP's gradient all-reduce, with zero gradient

@@ -61,6 +61,12 @@ def prompt_instructions(suite: Suite, prompts: list[Prompt]) -> list[str]:
     return [tasks[p.task_index].phrasing(p.phrasing) for p in prompts]
 
 
+def repeat_per_member(prompts: list[Prompt], group_ids: list[int], group_size: int) -> tuple[list[Prompt], list[int]]:
+    """One entry per sub-env: each prompt and its group id, ``group_size`` times in a row (a group's members)."""
+    return ([p for p in prompts for _ in range(group_size)],
+            [g for g in group_ids for _ in range(group_size)])
+
+
 def prompt_reset_td(prompts: list[Prompt], group_ids: list[int]) -> TensorDict:
     """The ``[len(prompts)]`` reset input of a suite env: each sub-env's task, initial state and group id."""
 
@@ -345,5 +351,6 @@ def make_prompt_sampler(name: str, suite: Suite, *, group_size: int, first_state
 
 __all__ = [
     "PROMPT_SAMPLERS", "Prompt", "PromptSampler", "SuccessAwarePromptSampler", "ThompsonPromptSampler",
-    "make_prompt_sampler", "prompt_instructions", "prompt_reset_td", "select_train_tasks", "split_prompts",
+    "make_prompt_sampler", "prompt_instructions", "prompt_reset_td", "repeat_per_member", "select_train_tasks",
+    "split_prompts",
 ]

@@ -5,8 +5,11 @@ of each prompt share a ``group_id``) on a simulator pool
 (:mod:`vla_grpo.simpool`: worker processes, or one env in this process), then
 alternates one policy call on the still-running episodes
 (:class:`ActivePolicyStep`) with one action chunk per sub-env, until every
-episode is done. A round comes back as one ``[num_envs, T]`` TensorDict with a
-``valid`` mask; :mod:`vla_grpo.groups` turns it into trajectories.
+episode is done. An episode batch comes back as one ``[num_envs, T]``
+TensorDict with a ``valid`` mask (:meth:`GroupedRollout.run`); a GRPO round
+comes back as a :class:`RolloutRound`, that record with the prompts, ids and
+instructions it was rolled out from (:meth:`GroupedRollout.run_round`), which
+:mod:`vla_grpo.groups` turns into trajectories.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import contextlib
 import os
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 from tensordict import NonTensorStack, TensorDict, TensorDictBase
 
 from vla_grpo.envs.base import Suite
 from vla_grpo.keys import ACTION_KEY, INSTRUCTION_KEY, VLA_ACTION_KEY
-from vla_grpo.prompts import Prompt, prompt_instructions, prompt_reset_td
+from vla_grpo.prompts import Prompt, prompt_instructions, prompt_reset_td, repeat_per_member
 from vla_grpo.sharding import gathered
 from vla_grpo.simpool import SimulatorError, make_pool
 
@@ -31,6 +35,32 @@ class IncompleteEpisodesError(Exception):
 
 #: the kinds of worker failure :attr:`GroupedRollout.faults` counts
 FAULT_KINDS = ("died", "hung", "raised")
+
+
+@dataclass(frozen=True)
+class RolloutRound:
+    """One GRPO round as the engine rolled it out: what was asked, under which ids, and what came back.
+
+    Group ``k`` is the ``group_size`` consecutive sub-envs ``k * group_size ...``: each
+    started from ``prompts[k]`` under group id ``group_ids[k]``.
+
+    Attributes:
+        prompts: one per group, as drawn (what the prompt sampler gets the outcomes of).
+        group_ids: one per group.
+        traj_ids: one per sub-env: the id of the trajectory it rolled out.
+        instructions: one per sub-env: what the policy was asked (its prompt's phrasing).
+        data: the ``[num_envs, T]`` record with its ``valid`` mask, as :meth:`GroupedRollout.run` returns it.
+    """
+
+    prompts: list[Prompt]
+    group_ids: list[int]
+    traj_ids: list[int]
+    instructions: list[str]
+    data: TensorDict
+
+    @property
+    def group_size(self) -> int:
+        return len(self.traj_ids) // len(self.prompts)
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
@@ -105,7 +135,6 @@ class GroupedRollout:
                       stacklevel=3)
         self.close()
 
-    @torch.no_grad()
     def run(self, policy, prompts: list[Prompt], group_ids: list[int], *, greedy: bool = False) -> TensorDict:
         """Roll out one episode per sub-env; returns ``[num_envs, T]`` with a ``valid`` mask.
 
@@ -114,6 +143,27 @@ class GroupedRollout:
         """
         if len(prompts) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} prompts (one per sub-env), got {len(prompts)}")
+        return self._run(policy, prompts, group_ids, prompt_instructions(self.suite, prompts), greedy)
+
+    def run_round(self, policy, prompts: list[Prompt], group_ids: list[int], traj_ids: list[int], *,
+                  greedy: bool = False) -> RolloutRound:
+        """Roll out a GRPO round: ``num_envs // len(prompts)`` members of each prompt's group.
+
+        ``prompts`` and ``group_ids`` have one entry per group, ``traj_ids`` one per sub-env.
+        """
+        if self.num_envs % len(prompts) or len(group_ids) != len(prompts) or len(traj_ids) != self.num_envs:
+            raise ValueError(f"expected prompts and group ids of one length dividing {self.num_envs} and "
+                             f"{self.num_envs} trajectory ids, got {len(prompts)}, {len(group_ids)} and "
+                             f"{len(traj_ids)}")
+        members, member_groups = repeat_per_member(prompts, group_ids, self.num_envs // len(prompts))
+        instructions = prompt_instructions(self.suite, members)
+        data = self._run(policy, members, member_groups, instructions, greedy)
+        return RolloutRound(list(prompts), list(group_ids), list(traj_ids), instructions, data)
+
+    @torch.no_grad()
+    def _run(self, policy, prompts: list[Prompt], group_ids: list[int], instructions: list[str],
+             greedy: bool) -> TensorDict:
+        """:meth:`run`, given each sub-env's instruction: re-runs the round after a worker failure."""
         # an FSDP-sharded policy rolls out with whole weights, gathered once (re-runs included: the
         # other ranks don't re-run, so nothing inside may be collective)
         with gathered(policy):
@@ -123,7 +173,7 @@ class GroupedRollout:
                         self.pool = make_pool(self.suite, num_envs=self.num_envs, chunk_size=self.chunk_size,
                                               num_workers=self.num_workers, seed=self.seed,
                                               timeout_s=self.worker_timeout_s)
-                    return self._run_once(policy, prompts, group_ids, greedy)
+                    return self._run_once(policy, prompts, group_ids, instructions, greedy)
                 except (RuntimeError, EOFError, OSError, TimeoutError) as err:  # SimulatorError too
                     # an env error may be a rare state or a bug: after max_restarts re-runs it is raised
                     if attempt == self.max_restarts or self.num_workers == 1:
@@ -131,8 +181,8 @@ class GroupedRollout:
                     self._restart(err)
         raise AssertionError("unreachable")
 
-    def _run_once(self, policy, prompts: list[Prompt], group_ids: list[int], greedy: bool) -> TensorDict:
-        instructions = prompt_instructions(self.suite, prompts)
+    def _run_once(self, policy, prompts: list[Prompt], group_ids: list[int], instructions: list[str],
+                  greedy: bool) -> TensorDict:
         start = time.perf_counter()
         with _intra_op_threads(_spare_cores(len(self.pool.pids))):
             first = self.pool.reset(prompt_reset_td(prompts, group_ids))
@@ -296,4 +346,4 @@ class ActivePolicyStep:
         return flat.reshape(shape)
 
 
-__all__ = ["FAULT_KINDS", "ActivePolicyStep", "GroupedRollout", "IncompleteEpisodesError"]
+__all__ = ["FAULT_KINDS", "ActivePolicyStep", "GroupedRollout", "IncompleteEpisodesError", "RolloutRound"]

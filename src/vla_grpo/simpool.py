@@ -36,8 +36,6 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from vla_grpo.faults import FaultInjector
-
 _NestedKey = str | tuple[str, ...]
 
 
@@ -80,11 +78,6 @@ class EnvServer:
         self._td = self.env.step_mdp(out)
         return _to_arrays(out.get("next"))
 
-    @property
-    def last(self) -> TensorDictBase | None:
-        """The latest observation (after the last reset or step), or None before the first reset."""
-        return self._td
-
     def close(self) -> None:
         self.env.close()
 
@@ -95,7 +88,6 @@ def _worker(conn: Connection, make_env, seed: int) -> None:
     os.environ.setdefault("LP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     try:
-        faults = FaultInjector.from_env()  # tests only: see vla_grpo.faults
         server = EnvServer(make_env(seed=seed))
         conn.send(("ready", None))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
@@ -111,8 +103,6 @@ def _worker(conn: Connection, make_env, seed: int) -> None:
         try:
             if cmd not in ("reset", "step"):
                 raise ValueError(f"unknown command {cmd!r}")
-            if faults is not None:
-                faults.before(cmd, server)
             conn.send(("ok", getattr(server, cmd)(payload)))
         except BaseException:  # noqa: BLE001
             conn.send(("error", traceback.format_exc()))
