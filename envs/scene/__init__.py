@@ -1,0 +1,1 @@
+"""The shared MuJoCo scene kit the suites (tabletop, bimanual, LIBERO) stand on."""
