@@ -115,10 +115,19 @@ def log_video(logger, tag: str, clip: np.ndarray, gif: bytes, step: int, fps: fl
         writer.add_video(tag, video, global_step=step, fps=fps)
         return True
     from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard.writer import FileWriter
 
-    # add_video's own output without moviepy: an image summary holding the encoded GIF
+    # add_video's own output without moviepy: an image summary holding the encoded GIF. No public
+    # SummaryWriter method takes a ready-made summary; its public `file_writer` attribute does (None
+    # once the writer is closed, as after a finished fit: then a FileWriter of its own in the same dir)
     image = Summary.Image(height=clip.shape[1], width=clip.shape[2], colorspace=3, encoded_image_string=gif)
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+    if getattr(writer, "file_writer", None) is not None:
+        writer.file_writer.add_summary(summary, step)
+    else:
+        own = FileWriter(writer.get_logdir())
+        own.add_summary(summary, step)
+        own.close()
     return True
 
 

@@ -5,10 +5,12 @@ import csv
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 from types import SimpleNamespace
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -132,6 +134,26 @@ def test_report_history_survives_a_checkpoint():
     restored = EvalReport()
     restored.load_state_dict(report.state_dict())
     assert restored.history == report.history
+
+
+@pytest.mark.skipif(find_spec("moviepy") is not None, reason="with moviepy the clip goes through add_video")
+def test_a_gif_reaches_tensorboard_from_an_open_and_from_a_closed_writer(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vla_grpo.callbacks.video import log_video, write_gif
+
+    clip = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    clip[1:, 2:6, 2:6] = 255
+    gif = write_gif(clip, tmp_path / "clip.gif", fps=4.0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    assert log_video(logger, "eval_video/train", clip, gif, step=1, fps=4.0)
+    logger.experiment.close()  # as after a finished fit: the writer has no open file any more
+    assert log_video(logger, "eval_video/train", clip, gif, step=2, fps=4.0)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("eval_video/train")
+    assert [(e.step, e.encoded_image_string, e.width) for e in images] == [(1, gif, 8), (2, gif, 8)]
 
 
 @pytest.mark.slow
