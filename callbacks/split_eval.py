@@ -1,4 +1,4 @@
-"""Greedy evaluation on the seen (train) and unseen splits, per task.
+"""The SplitEvaluation callback: when to evaluate on every split, and the per-task logs, table and hand-on.
 
 :class:`SplitEvaluation` produces one :class:`SplitResult` per evaluation
 (episodes from :func:`vla_grpo.evaluation.run_greedy` or the val loop),
