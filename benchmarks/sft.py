@@ -2,8 +2,9 @@
 
 For each N, runs the SFT stage through the real CLI (``conf/sft_tabletop.yaml``,
 eval during fit switched off), then evaluates ``last.ckpt`` greedily with the
-same code as GRPO's validation (``EvalPrompts`` + ``evaluate_items``) on every
-split, and prints the ``docs/RESULTS.md`` table plus per-task success.
+same engine as GRPO's validation (``vla_grpo.evaluation.run_greedy`` on the
+model's ``eval_spec``) on every split, and prints the ``docs/RESULTS.md`` table
+plus per-task success.
 
     python benchmarks/sft.py --demos 1 20                  # ~25 min on 2 busy CPU cores
     python benchmarks/sft.py --demos 1 --max-steps 100 -- --model.lr=0.003
@@ -43,23 +44,23 @@ def evaluate(ckpt: Path, extra: list[str]) -> tuple[dict[str, float], dict[str, 
     """
     from vla_grpo.checkpoint import load_policy_weights
     from vla_grpo.cli import VLACLI
-    from vla_grpo.evaluation import EvalPrompts, evaluate_items, per_task_success
+    from vla_grpo.evaluation import run_greedy
     from vla_grpo.rollout import GroupedRollout
 
     model = VLACLI(args=["-c", str(CONFIG), "--trainer.logger=false", *extra], run=False).model
     load_policy_weights(model.policy, ckpt)
-    model.policy.eval()
-    suite, h = model.suite, model.hparams
-    items = EvalPrompts(suite, suite.splits, h.eval_states_per_task).items
-    rollout = GroupedRollout(suite, num_envs=h.eval_num_envs, chunk_size=model.policy.chunk_size)
+    suite = model.suite
+    spec = model.eval_spec.override(splits=suite.splits)
+    items = spec.items(suite)
+    rollout = GroupedRollout(suite, num_envs=spec.batch_size, chunk_size=model.policy.chunk_size)
     try:
         with torch.no_grad():
-            success = evaluate_items(rollout, model.policy, items)
+            episodes = run_greedy(rollout, model.policy, items)
     finally:
         rollout.close()
-    splits = {s: sum(ok for it, ok in zip(items, success, strict=True) if it.split == s)
-              / sum(it.split == s for it in items) for s in suite.splits}
-    return splits, per_task_success(suite, items, success), [t.name for t in suite.tasks("train")]
+    result = episodes.result(suite, full_names=True)
+    per_task = {name: rate for rates in result.task_success().values() for name, rate in rates.items()}
+    return result.split_success(), per_task, [t.name for t in suite.tasks("train")]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,8 +17,10 @@ unseen splits and hands each :class:`SplitResult` to the callbacks that define
 """
 from __future__ import annotations
 
+from vla_grpo.envs.scene.evaluate import SplitResult
+
 from .report import EvalReport, plot_history, write_csv
-from .split_eval import SplitEvalListener, SplitEvaluation, SplitResult, print_result
+from .split_eval import SplitEvalListener, SplitEvaluation, print_result
 from .video import EvalVideo
 
 __all__ = [

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import lightning as L
 
-from .split_eval import FIT, SplitEvalListener, SplitResult
+from vla_grpo.envs.scene.evaluate import SplitResult, render_table
+
+from .split_eval import FIT, SplitEvalListener
 
 CSV_NAME = "eval_per_task.csv"
 PLOT_NAME = "eval_curve.png"
@@ -52,13 +54,7 @@ def read_csv(path: Path) -> list[SplitResult]:
 
 def result_markdown(result: SplitResult) -> str:
     """A markdown table of the evaluation (TensorBoard renders text summaries as markdown)."""
-    lines = [f"step {result.step} ({result.stage})", "", "| split | task | success | episodes |",
-             "|---|---|---:|---:|"]
-    rates = result.split_success()
-    for split, tasks in result.counts.items():
-        lines.append(f"| **{split}** | **all** | **{rates[split]:.3f}** | {sum(e for _, e in tasks.values())} |")
-        lines += [f"| {split} | {t} | {s / max(e, 1):.3f} | {e} |" for t, (s, e) in tasks.items()]
-    return "\n".join(lines)
+    return render_table(result, fmt="markdown", title=f"step {result.step} ({result.stage})")
 
 
 def _curve_axes(ax, history: list[SplitResult]) -> None:

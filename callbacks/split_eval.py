@@ -1,6 +1,7 @@
-"""Greedy evaluation on the seen (train) and unseen splits, per task.
+"""The SplitEvaluation callback: when to evaluate on every split, and the per-task logs, table and hand-on.
 
-:class:`SplitEvaluation` produces one :class:`SplitResult` per evaluation,
+:class:`SplitEvaluation` produces one :class:`SplitResult` per evaluation
+(episodes from :func:`vla_grpo.evaluation.run_greedy` or the val loop),
 logs ``eval/<split>/success`` and ``eval/<split>/<task>``, prints a per-task
 table after ``validate``/``test`` and at the end of ``fit``, and hands the
 result to every callback that defines ``on_split_evaluation_end`` (the
@@ -26,93 +27,18 @@ episodes twice; the callback's own evaluations count each exactly once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from vla_grpo.envs.base import Suite
-from vla_grpo.evaluation import EvalItem, EvalPrompts, greedy_success
-from vla_grpo.sharding import is_sharded
+from vla_grpo.envs.scene.evaluate import SplitResult, render_table
+from vla_grpo.evaluation import EvalEpisodes, EvalItem, EvalSpec, run_greedy
 
 from .progress import annotate_eval_bar, eval_progress
 
 FIT = "fit"
-
-
-def task_label(split: str, task_name: str) -> str:
-    """A task's name without its split's prefix (``train/red`` -> ``red`` in ``train``)."""
-    prefix = f"{split}/"
-    return task_name[len(prefix):] if task_name.startswith(prefix) else task_name
-
-
-@dataclass
-class SplitResult:
-    """The outcome of one evaluation.
-
-    Attributes:
-        step: the trainer's global step (GRPO steps) at evaluation time.
-        stage: ``fit``, ``validate`` or ``test``.
-        counts: ``{split: {task: (successes, episodes)}}`` in suite order.
-    """
-
-    step: int
-    stage: str
-    counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
-
-    @classmethod
-    def from_task_counts(cls, suite: Suite, counts: torch.Tensor, step: int, stage: str) -> SplitResult:
-        """From a ``[num_tasks, 2]`` (successes, episodes) tensor in ``suite.all_tasks()`` order."""
-        out: dict[str, dict[str, tuple[int, int]]] = {}
-        for task, (succ, eps) in zip(suite.all_tasks(), counts.tolist(), strict=True):
-            if eps > 0:
-                out.setdefault(task.split, {})[task_label(task.split, task.name)] = (round(succ), round(eps))
-        return cls(step=step, stage=stage, counts=out)
-
-    def split_success(self) -> dict[str, float]:
-        """Success rate of each split over all its episodes."""
-        out = {}
-        for split, tasks in self.counts.items():
-            succ, eps = (sum(v) for v in zip(*tasks.values(), strict=True))
-            out[split] = succ / eps
-        return out
-
-    def task_success(self) -> dict[str, dict[str, float]]:
-        """``{split: {task: success rate}}``."""
-        return {split: {t: s / max(e, 1) for t, (s, e) in tasks.items()} for split, tasks in self.counts.items()}
-
-    def episodes(self) -> int:
-        return sum(e for tasks in self.counts.values() for _, e in tasks.values())
-
-    def metrics(self, per_split: bool = True) -> dict[str, float]:
-        """``eval/<split>/success`` (if ``per_split``) and ``eval/<split>/<task>``."""
-        out = {}
-        if per_split:
-            out.update({f"eval/{split}/success": v for split, v in self.split_success().items()})
-        for split, tasks in self.task_success().items():
-            out.update({f"eval/{split}/{task}": v for task, v in tasks.items()})
-        return out
-
-    def to_dict(self) -> dict:
-        return {"step": self.step, "stage": self.stage,
-                "counts": {s: {t: list(v) for t, v in ts.items()} for s, ts in self.counts.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SplitResult:
-        counts = {s: {t: tuple(v) for t, v in ts.items()} for s, ts in d["counts"].items()}
-        return cls(step=int(d["step"]), stage=str(d["stage"]), counts=counts)
-
-
-def count_by_task(suite: Suite, items: list[EvalItem], success: list[bool]) -> torch.Tensor:
-    """``[num_tasks, 2]`` float64 (successes, episodes), the layout every rank all-reduces."""
-    counts = torch.zeros(len(suite.all_tasks()), 2, dtype=torch.float64)
-    for item, ok in zip(items, success, strict=True):
-        counts[item.prompt.task_index, 0] += float(ok)
-        counts[item.prompt.task_index, 1] += 1.0
-    return counts
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -126,21 +52,10 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 def result_table(result: SplitResult, caption: str | None = None):
     """A ``rich`` table: one section per split, its overall success first, then its tasks."""
-    from rich.table import Table
-
     # outside fit the trainer's step is 0, not the checkpoint's: leave it out
     at = f", step {result.step}" if result.stage == FIT else ""
     title = f"greedy eval ({result.stage}{at}, {result.episodes()} episodes)"
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for name, justify in (("split", "left"), ("task", "left"), ("success", "right"), ("episodes", "right")):
-        table.add_column(name, justify=justify)
-    rates = result.split_success()
-    for split, tasks in result.counts.items():
-        table.add_row(f"[bold]{split}[/]", "[bold]all[/]", f"[bold]{rates[split]:.3f}[/]",
-                      str(sum(e for _, e in tasks.values())))
-        for i, (task, (succ, eps)) in enumerate(tasks.items()):
-            table.add_row("", task, f"{succ / max(eps, 1):.3f}", str(eps), end_section=i == len(tasks) - 1)
-    return table
+    return render_table(result, fmt="rich", title=title, caption=caption)
 
 
 def print_result(result: SplitResult, caption: str | None = None) -> None:
@@ -162,10 +77,10 @@ class SplitEvaluation(Callback):
             only when Lightning validates, at ``trainer.val_check_interval``;
             don't set both to the same period, or those steps are evaluated twice).
         states_per_task: initial states ``0..n-1`` per task in the callback's own
-            evaluations (``None``: the module's ``eval_states_per_task``, so every
-            point of the curve uses the same episodes).
+            evaluations (``None``: the module's ``eval_spec``'s, so every point of
+            the curve uses the same episodes).
         splits: splits of the callback's own evaluations (``None``: the module's
-            ``eval_splits``, else every split of the suite).
+            ``eval_spec``'s, else every split of the suite).
         at_fit_start: evaluate before the first training step (step 0).
         at_fit_end: evaluate after the last step unless that step was just evaluated.
         print_table: print the per-task table (rank 0) after validate/test and fit.
@@ -212,37 +127,23 @@ class SplitEvaluation(Callback):
         return self.results[-1] if self.results else None
 
     # -- the callback's own evaluations ----------------------------------------------
-    def eval_items(self, pl_module) -> list[EvalItem]:
-        """The episodes of one evaluation: each split's tasks x states ``0..n-1``."""
-        hparams = getattr(pl_module, "hparams", {}) or {}
-        states = self.states_per_task or hparams.get("eval_states_per_task") or 8
-        splits = self.splits or hparams.get("eval_splits") or pl_module.suite.splits
-        return EvalPrompts(pl_module.suite, list(splits), int(states)).items
+    def eval_spec(self, pl_module) -> EvalSpec:
+        """The module's ``eval_spec`` with this callback's ``states_per_task`` and ``splits`` where set."""
+        return pl_module.eval_spec.override(splits=self.splits, states_per_task=self.states_per_task)
 
     def evaluate(self, pl_module, items: list[EvalItem] | None = None, *, rank: int = 0,
-                 world_size: int = 1, trainer: L.Trainer | None = None) -> tuple[list[EvalItem], list[bool]]:
-        """Greedy success of this rank's shard of ``items`` (default :meth:`eval_items`).
+                 world_size: int = 1, trainer: L.Trainer | None = None) -> EvalEpisodes:
+        """Greedy episodes of this rank's shard of ``items`` (default: :meth:`eval_spec`'s items).
 
-        Runs on ``pl_module.rollout`` with ``pl_module.policy``, one rollout batch
-        of ``rollout.num_envs`` episodes at a time; with a ``trainer`` (and
-        ``progress``) it shows episodes done and success so far. Returns ``(shard, success)``.
+        Runs :func:`vla_grpo.evaluation.run_greedy` on ``pl_module.rollout`` with
+        ``pl_module.policy``; with a ``trainer`` (and ``progress``) it shows
+        episodes done and success so far.
         """
-        items = items if items is not None else self.eval_items(pl_module)
-        shard, n = items[rank::world_size], pl_module.rollout.num_envs
-        # every rank runs as many rollout batches as the largest shard needs: an FSDP-sharded policy
-        # gathers its weights for each batch on all ranks together (a short shard's extra batch is discarded)
-        batches = -(-len(items[0::world_size]) // n) if is_sharded(pl_module.policy) else -(-len(shard) // n)
-        success = []
+        items = items if items is not None else self.eval_spec(pl_module).items(pl_module.suite)
         show = self.progress and trainer is not None and trainer.is_global_zero
-        with eval_progress(trainer if show else None, len(shard)) as update:
-            for b in range(batches):
-                chunk = shard[b * n:(b + 1) * n]
-                if not chunk:
-                    greedy_success(pl_module.rollout, pl_module.policy, items[:1])
-                    continue
-                success.extend(greedy_success(pl_module.rollout, pl_module.policy, chunk))
-                update(len(chunk), sum(success) / len(success))
-        return shard, success
+        with eval_progress(trainer if show else None, len(items[rank::world_size])) as update:
+            return run_greedy(pl_module.rollout, pl_module.policy, items, rank=rank, world_size=world_size,
+                              progress=update)
 
     def _own_evaluation(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.limit_val_batches == 0:  # Lightning's "no validation" switch turns these off too
@@ -250,14 +151,16 @@ class SplitEvaluation(Callback):
         if getattr(pl_module, "rollout", None) is None:
             self._warn_once("no_rollout", "SplitEvaluation needs `pl_module.rollout` (a GroupedRollout); skipped")
             return
-        items, success = self.evaluate(pl_module, rank=trainer.global_rank,
-                                       world_size=trainer.world_size, trainer=trainer)
-        self._finish(trainer, pl_module, items, success, log_splits=True)
+        if getattr(pl_module, "eval_spec", None) is None:
+            self._warn_once("no_spec", "SplitEvaluation needs `pl_module.eval_spec` (an EvalSpec); skipped")
+            return
+        episodes = self.evaluate(pl_module, rank=trainer.global_rank, world_size=trainer.world_size,
+                                 trainer=trainer)
+        self._finish(trainer, pl_module, episodes, log_splits=True)
 
     # -- shared tail: reduce, log, print, hand on ------------------------------------
-    def _finish(self, trainer: L.Trainer, pl_module, items: list[EvalItem], success: list[bool],
-                log_splits: bool) -> SplitResult:
-        counts = count_by_task(pl_module.suite, items, success)
+    def _finish(self, trainer: L.Trainer, pl_module, episodes: EvalEpisodes, log_splits: bool) -> SplitResult:
+        counts = episodes.task_counts(pl_module.suite)
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
         stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
@@ -309,7 +212,7 @@ class SplitEvaluation(Callback):
             # a module whose validation_step returns no per-episode outcomes: re-run its batch
             self._warn_once("no_outputs", f"{type(pl_module).__name__}.validation_step returns no "
                                           "'success' list; SplitEvaluation re-evaluates its batches")
-            success = greedy_success(pl_module.rollout, pl_module.policy, batch)
+            success = run_greedy(pl_module.rollout, pl_module.policy, batch).success
         self._batch_items.extend(batch)
         self._batch_success.extend(bool(s) for s in success)
         if self.progress and trainer.is_global_zero:
@@ -317,10 +220,10 @@ class SplitEvaluation(Callback):
             annotate_eval_bar(trainer, done, sum(self._batch_success) / max(done, 1))
 
     def _flush(self, trainer: L.Trainer, pl_module) -> None:
-        items, success = self._batch_items, self._batch_success
+        episodes = EvalEpisodes(self._batch_items, self._batch_success)
         self._batch_items, self._batch_success = [], []
         if not trainer.sanity_checking:
-            self._finish(trainer, pl_module, items, success, log_splits=False)
+            self._finish(trainer, pl_module, episodes, log_splits=False)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(trainer, pl_module, outputs, batch)

@@ -12,7 +12,6 @@ encoded GIF as an image summary, which is what ``add_video`` writes).
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,12 @@ import numpy as np
 import torch
 
 from vla_grpo.envs.base import Suite
-from vla_grpo.keys import IMAGE_KEY, SUCCESS_KEY
+from vla_grpo.envs.scene.evaluate import SplitResult, task_label
+from vla_grpo.evaluation import EvalItem, run_greedy
 from vla_grpo.prompts import Prompt
 from vla_grpo.sharding import is_sharded
 
-from .split_eval import SplitEvalListener, SplitResult, task_label
+from .split_eval import SplitEvalListener
 
 _GREEN, _RED, _GREY = (40, 200, 70), (220, 40, 40), (110, 110, 110)
 
@@ -41,16 +41,6 @@ class Episode:
     success: bool
 
 
-@contextlib.contextmanager
-def _eval_mode(policy):
-    was_training = policy.training
-    policy.eval()
-    try:
-        yield
-    finally:
-        policy.train(was_training)
-
-
 def video_prompts(suite: Suite, split: str, k: int) -> list[Prompt]:
     """The first ``k`` episodes of a split, state-major (every task's state 0, then state 1, ...)."""
     tasks = suite.tasks(split)
@@ -59,22 +49,13 @@ def video_prompts(suite: Suite, split: str, k: int) -> list[Prompt]:
 
 
 def record_episodes(rollout, policy, suite: Suite, requests: list[tuple[str, Prompt]]) -> list[Episode]:
-    """Greedy episodes for ``(split, prompt)`` requests, in rollout batches of ``rollout.num_envs``."""
-    n, tasks, out = rollout.num_envs, suite.all_tasks(), []
-    with _eval_mode(policy):
-        for start in range(0, len(requests), n):
-            chunk = requests[start:start + n]
-            prompts = [p for _, p in chunk]
-            data = rollout.run(policy, prompts + [prompts[-1]] * (n - len(prompts)), list(range(n)), greedy=True)
-            for i, (split, prompt) in enumerate(chunk):
-                length = int(data.get("valid")[i].sum())
-                first = data.get(IMAGE_KEY)[i, :length]
-                last = data.get(("next", *IMAGE_KEY))[i, length - 1:length]
-                frames = torch.cat([first, last]).permute(0, 2, 3, 1).contiguous().numpy()
-                success = bool(data.get(("next", SUCCESS_KEY))[i, :length].any())
-                name = task_label(split, tasks[prompt.task_index].name)
-                out.append(Episode(split, name, frames, success))
-    return out
+    """Greedy episodes for ``(split, prompt)`` requests, with their frames (:func:`~vla_grpo.evaluation.run_greedy`
+    on every request: each rank that calls it plays them all)."""
+    items = [EvalItem(split, prompt) for split, prompt in requests]
+    run = run_greedy(rollout, policy, items, frames=True)
+    tasks = suite.all_tasks()
+    return [Episode(it.split, task_label(it.split, tasks[it.prompt.task_index].name), frames, ok)
+            for it, ok, frames in zip(run.items, run.success, run.frames, strict=True)]
 
 
 def _tile(frame: np.ndarray, scale: int, border: int, colour: tuple[int, int, int], caption: str,
@@ -134,10 +115,19 @@ def log_video(logger, tag: str, clip: np.ndarray, gif: bytes, step: int, fps: fl
         writer.add_video(tag, video, global_step=step, fps=fps)
         return True
     from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard.writer import FileWriter
 
-    # add_video's own output without moviepy: an image summary holding the encoded GIF
+    # add_video's own output without moviepy: an image summary holding the encoded GIF. No public
+    # SummaryWriter method takes a ready-made summary; its public `file_writer` attribute does (None
+    # once the writer is closed, as after a finished fit: then a FileWriter of its own in the same dir)
     image = Summary.Image(height=clip.shape[1], width=clip.shape[2], colorspace=3, encoded_image_string=gif)
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+    if getattr(writer, "file_writer", None) is not None:
+        writer.file_writer.add_summary(summary, step)
+    else:
+        own = FileWriter(writer.get_logdir())
+        own.add_summary(summary, step)
+        own.close()
     return True
 
 

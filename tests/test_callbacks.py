@@ -5,10 +5,12 @@ import csv
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 from types import SimpleNamespace
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,9 +18,9 @@ from PIL import Image
 
 from vla_grpo.callbacks import EvalReport, SplitEvaluation, SplitResult
 from vla_grpo.callbacks.report import read_csv
-from vla_grpo.callbacks.split_eval import count_by_task
 from vla_grpo.cli import main
 from vla_grpo.envs.toy import ToyReachSuite
+from vla_grpo.evaluation import EvalSpec
 from vla_grpo.policies.tiny import TinyVLAPolicy
 from vla_grpo.prompts import Prompt
 from vla_grpo.rollout import GroupedRollout
@@ -31,38 +33,27 @@ QUIET = ["--trainer.enable_progress_bar=false", "--model.groups_per_step=2", "--
 
 
 def _holder(num_envs: int = 8) -> SimpleNamespace:
-    """What the callbacks read of a module: policy, suite, rollout, hparams."""
+    """What the callbacks read of a module: policy, suite, rollout, eval_spec."""
     torch.manual_seed(0)
     suite = ToyReachSuite(image_size=16, max_steps=24)
     policy = TinyVLAPolicy(action_dim=2, chunk_size=4, state_dim=6, image_size=16, hidden_dim=64, vocab_size=32)
     rollout = GroupedRollout(suite, num_envs=num_envs, chunk_size=4)
-    return SimpleNamespace(policy=policy, suite=suite, rollout=rollout, hparams={"eval_states_per_task": 3})
-
-
-def _spy_prompts(rollout: GroupedRollout) -> list[Prompt]:
-    seen: list[Prompt] = []
-    run = rollout.run
-
-    def spy(policy, prompts, group_ids, **kw):
-        seen.extend(prompts)
-        return run(policy, prompts, group_ids, **kw)
-
-    rollout.run = spy
-    return seen
+    return SimpleNamespace(policy=policy, suite=suite, rollout=rollout, eval_spec=EvalSpec(None, 3, num_envs))
 
 
 def test_split_evaluation_runs_exactly_the_configured_tasks_states_and_splits():
     module = _holder()
-    seen = _spy_prompts(module.rollout)
     cb = SplitEvaluation(states_per_task=3, splits=["unseen_layout"])
-    items, success = cb.evaluate(module)
+    assert cb.eval_spec(module) == EvalSpec(["unseen_layout"], 3, 8)  # the module's spec, overridden
+    episodes = cb.evaluate(module)
 
     unseen = [module.suite.task_index(t.name) for t in module.suite.tasks("unseen_layout")]
     expected = {Prompt(t, s) for t in unseen for s in range(3)}
-    assert [it.prompt for it in items] == sorted(expected, key=lambda p: (unseen.index(p.task_index), p.init_state_id))
-    assert {it.split for it in items} == {"unseen_layout"}
-    assert set(seen) == expected  # padding repeats a prompt but adds none
-    result = SplitResult.from_task_counts(module.suite, count_by_task(module.suite, items, success), 0, "fit")
+    assert [it.prompt.state for it in episodes.items] == sorted(
+        expected, key=lambda p: (unseen.index(p.task_index), p.init_state_id))
+    assert {it.split for it in episodes.items} == {"unseen_layout"} and len(episodes.success) == 6
+    assert episodes.batches == 1  # 6 episodes padded to one batch of 8
+    result = SplitResult.from_task_counts(module.suite, episodes.task_counts(module.suite), 0, "fit")
     assert list(result.counts) == ["unseen_layout"]
     assert {task: eps for task, (_, eps) in result.counts["unseen_layout"].items()} == {"red": 3, "green": 3}
     assert set(result.metrics()) == {"eval/unseen_layout/success", "eval/unseen_layout/red",
@@ -72,42 +63,21 @@ def test_split_evaluation_runs_exactly_the_configured_tasks_states_and_splits():
 def test_default_eval_set_follows_the_module_and_ranks_split_it():
     module = _holder()
     cb = SplitEvaluation()
-    items = cb.eval_items(module)
+    items = cb.eval_spec(module).items(module.suite)
     assert len(items) == 2 * 2 * 3  # 2 splits x 2 tasks x the module's 3 states
-    shards = [cb.evaluate(module, items, rank=r, world_size=2)[0] for r in range(2)]
+    shards = [cb.evaluate(module, items, rank=r, world_size=2).items for r in range(2)]
     assert sorted(shards[0] + shards[1]) == sorted(items) and not set(shards[0]) & set(shards[1])
-
-
-def test_with_a_sharded_policy_every_rank_runs_as_many_eval_batches(monkeypatch):
-    """FSDP gathers the weights for each rollout batch on all ranks together: a rank whose shard
-    needs fewer batches runs (and discards) one more, instead of leaving the others waiting."""
-    import vla_grpo.callbacks.split_eval as split_eval
-
-    module = _holder(num_envs=4)
-    items = SplitEvaluation().eval_items(module)[:9]  # shards of 5 and 4 items: 2 and 1 batches of 4
-    calls = []
-    run = module.rollout.run
-    module.rollout.run = lambda *a, **kw: calls.append(1) or run(*a, **kw)
-    for sharded, expected in ((False, [2, 1]), (True, [2, 2])):
-        monkeypatch.setattr(split_eval, "is_sharded", lambda policy, s=sharded: s)
-        per_rank = []
-        for r in range(2):
-            calls.clear()
-            shard, success = SplitEvaluation().evaluate(module, items, rank=r, world_size=2)
-            per_rank.append(len(calls))
-            assert len(success) == len(shard) == (5, 4)[r]
-        assert per_rank == expected
 
 
 def test_greedy_eval_is_deterministic():
     module = _holder(num_envs=8)
     cb = SplitEvaluation(states_per_task=4)
-    first = cb.evaluate(module)[1]
+    first = cb.evaluate(module).success
     # a fresh simulator batch of another size: same episodes, same outcomes. The policy's logits
     # may round differently in the other batch shape; an outcome could only change where two
     # logits tie to ~1e-7 (an action on a bin boundary), which this seeded toy policy never meets
     module.rollout = GroupedRollout(module.suite, num_envs=16, chunk_size=4)
-    second = cb.evaluate(module)[1]
+    second = cb.evaluate(module).success
     assert first == second
     assert module.policy.training  # eval mode is restored
 
@@ -164,6 +134,26 @@ def test_report_history_survives_a_checkpoint():
     restored = EvalReport()
     restored.load_state_dict(report.state_dict())
     assert restored.history == report.history
+
+
+@pytest.mark.skipif(find_spec("moviepy") is not None, reason="with moviepy the clip goes through add_video")
+def test_a_gif_reaches_tensorboard_from_an_open_and_from_a_closed_writer(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vla_grpo.callbacks.video import log_video, write_gif
+
+    clip = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    clip[1:, 2:6, 2:6] = 255
+    gif = write_gif(clip, tmp_path / "clip.gif", fps=4.0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    assert log_video(logger, "eval_video/train", clip, gif, step=1, fps=4.0)
+    logger.experiment.close()  # as after a finished fit: the writer has no open file any more
+    assert log_video(logger, "eval_video/train", clip, gif, step=2, fps=4.0)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("eval_video/train")
+    assert [(e.step, e.encoded_image_string, e.width) for e in images] == [(1, gif, 8), (2, gif, 8)]
 
 
 @pytest.mark.slow

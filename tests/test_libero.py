@@ -101,7 +101,7 @@ def test_torchrl_libero_env_cannot_read_this_packages_init_states():
 @pytest.mark.parametrize("name,tasks", [("libero_spatial", [0, 4]), ("libero_object", [0, 5])])
 def test_expert_succeeds_on_a_sample_of_fixed_states(name, tasks):
     pytest.importorskip("libero.libero", reason=NO_LIBERO)
-    from vla_grpo.envs.tabletop.evaluate import expert_success
+    from vla_grpo.envs.scene.evaluate import expert_success
 
     suite = LiberoSuite(name, unseen=[], task_ids=tasks, image_size=32)
     results = expert_success(suite, range(len(tasks)), [0, 7], chunk_size=4, num_envs=2)
@@ -112,7 +112,7 @@ def test_expert_succeeds_on_a_sample_of_fixed_states(name, tasks):
 def test_expert_opens_a_drawer_by_its_handle():
     """LIBERO-Goal's ``Open`` of the middle drawer: the gripper pitched to pinch the handle, then pulled."""
     pytest.importorskip("libero.libero", reason=NO_LIBERO)
-    from vla_grpo.envs.tabletop.evaluate import expert_success
+    from vla_grpo.envs.scene.evaluate import expert_success
 
     suite = LiberoSuite("libero_goal", unseen=[], task_ids=[0], image_size=32)
     assert suite.all_tasks()[0].name == "libero_goal/open_the_middle_drawer_of_the_cabinet"
@@ -126,7 +126,7 @@ def test_expert_clears_a_drawers_way_and_carries_a_plate_by_its_rim(task):
     """LIBERO-Goal: the bowl under the top drawer's way dragged aside before the drawer opens, then put
     inside; the plate (wider than the gripper) taken by its rim and carried to the stove's front."""
     pytest.importorskip("libero.libero", reason=NO_LIBERO)
-    from vla_grpo.envs.tabletop.evaluate import expert_success
+    from vla_grpo.envs.scene.evaluate import expert_success
 
     suite = LiberoSuite("libero_goal", unseen=[], image_size=32)
     index = [t.name for t in suite.all_tasks()].index(f"libero_goal/{task}")

@@ -15,8 +15,8 @@ from torchrl.envs import ParallelEnv
 from torchrl.envs.utils import check_env_specs
 
 from vla_grpo.envs.base import TRAIN_SPLIT, Suite
+from vla_grpo.envs.scene.evaluate import expert_success
 from vla_grpo.envs.tabletop import TabletopSuite
-from vla_grpo.envs.tabletop.evaluate import expert_success
 
 FAMILIES = ("spatial", "object", "goal")
 
@@ -221,7 +221,7 @@ def test_seen_per_family_keeps_the_first_seen_tasks_and_every_unseen_one(suite):
 
 
 def test_diagnose_sorts_episodes_by_what_the_hand_did(suite):
-    from vla_grpo.envs.tabletop.diagnose import _outcome, diagnose
+    from vla_grpo.diagnose import diagnose, outcome
     from vla_grpo.policies.tiny import TinyVLAPolicy
 
     task = suite.task_index("spatial/behind_mug")  # unseen_spatial
@@ -229,15 +229,15 @@ def test_diagnose_sorts_episodes_by_what_the_hand_did(suite):
     td = env.reset(prompts([task], [0]))
     sim = env.sims[0]
     start = {o.key: sim.pos(o.key) for o in sim.task.objects}
-    assert _outcome(sim, start, None, False) == "nothing"  # nothing done yet
+    assert outcome(sim, start, None, False) == "nothing"  # nothing done yet
     grasped = None
     while not td["done"].any():
         td = env.step(td.set("action", env.expert_chunk()))["next"]
         grasped = grasped or sim.attached
-    assert grasped == sim.task.goal.obj and _outcome(sim, start, grasped, bool(td["success"][0])) == "success"
-    assert _outcome(sim, start, grasped, False) == "right object, not placed"
+    assert grasped == sim.task.goal.obj and outcome(sim, start, grasped, bool(td["success"][0])) == "success"
+    assert outcome(sim, start, grasped, False) == "right object, not placed"
     other = next(o.key for o in sim.task.objects if o.key != sim.task.goal.obj)
-    assert _outcome(sim, start, other, False).startswith(f"took {other}")
+    assert outcome(sim, start, other, False).startswith(f"took {other}")
     env.close()
     # a real (untrained) policy: every episode is sorted into exactly one outcome
     policy = TinyVLAPolicy(action_dim=7, chunk_size=8, state_dim=suite.state_dim, image_size=suite.image_size,

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from ..tabletop.evaluate import expert_report_main
+from ..scene.evaluate import expert_report_main
 from .suite import BimanualSuite
 
 

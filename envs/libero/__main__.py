@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..tabletop.evaluate import expert_report_main
+from ..scene.evaluate import expert_report_main
 from .suite import MAX_STEPS, LiberoSuite
 
 

@@ -13,7 +13,10 @@
 * :mod:`.suite` -- :class:`~.suite.SceneSuite`, a task catalogue with an env
   class and a cached scripted expert per task;
 * :mod:`.expert` -- what scripted experts share: chunks planned on a
-  look-ahead clone, dead-beat moves, transit heights.
+  look-ahead clone, dead-beat moves, transit heights;
+* :mod:`.evaluate` -- (task, state) jobs played in padded env-sized batches, the
+  per-task count (:class:`~.evaluate.SplitResult`), the one table renderer, and
+  the scripted experts' report (``python -m vla_grpo.envs.<suite>``).
 
 Like everything under ``vla_grpo.envs``, nothing here imports the trainer: it
 runs inside simulator worker processes.

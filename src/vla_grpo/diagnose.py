@@ -10,7 +10,7 @@ the hand did, read from the simulator's privileged state after each action chunk
 * ``moved <object>``: nothing grasped, but an object was shoved more than 3 cm (push goals);
 * ``nothing``: no grasp and nothing moved.
 
-    python -m vla_grpo.envs.tabletop.diagnose runs/quickstart/grpo/tb/version_0/checkpoints/last.ckpt \
+    python -m vla_grpo.diagnose runs/quickstart/grpo/tb/version_0/checkpoints/last.ckpt \
         -c conf/quickstart.yaml --splits unseen_spatial unseen_object unseen_goal --states 10
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ from collections import Counter
 import numpy as np
 import torch
 
+from vla_grpo.envs.base import TASK_INDEX_KEY
+from vla_grpo.envs.scene.evaluate import play_jobs, step_until_done
+from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.rollout import ActivePolicyStep
-
-from .evaluate import episode_batches
-from .suite import TabletopSuite
 
 MOVED_M = 0.03  # an object shoved this far (xy, metres) counts as moved
 
@@ -34,7 +34,8 @@ def _object_name(task, key: str) -> str:
     return kind if kind == key else f"{key} ({kind})"
 
 
-def _outcome(sim, start: dict[str, np.ndarray], first_grasp: str | None, success: bool) -> str:
+def outcome(sim, start: dict[str, np.ndarray], first_grasp: str | None, success: bool) -> str:
+    """What one ended episode did: ``sim`` its simulator, ``start`` its objects' first positions."""
     task = sim.task
     if success:
         return "success"
@@ -53,22 +54,32 @@ def _outcome(sim, start: dict[str, np.ndarray], first_grasp: str | None, success
 @torch.no_grad()
 def diagnose(suite: TabletopSuite, policy, task_indices: list[int], states: int, *, chunk_size: int,
              num_envs: int = 16) -> dict[int, Counter]:
-    """``{task_index: Counter(outcome)}`` over greedy episodes from initial states ``0..states-1``."""
+    """``{task_index: Counter(outcome)}`` over greedy episodes from initial states ``0..states-1``.
+
+    The episodes run in this process (:func:`~vla_grpo.envs.scene.evaluate.play_jobs`), so the
+    simulators' privileged state can be read after each action chunk.
+    """
+    tasks = suite.all_tasks()
+
+    def play(env, td) -> list[str]:
+        n = env.batch_size[0]
+        instructions = [tasks[t].instruction for t in td[TASK_INDEX_KEY].view(-1).tolist()]
+        start = [{o.key: sim.pos(o.key) for o in sim.task.objects} for sim in env.sims]
+        grasp: list[str | None] = [None] * n
+
+        def note_grasps() -> None:
+            grasp[:] = [g or sim.attached for g, sim in zip(grasp, env.sims, strict=True)]
+
+        td = step_until_done(env, td, ActivePolicyStep(policy, True, n, instructions),
+                             suite.max_decisions(chunk_size), note_grasps)
+        return [outcome(env.sims[i], start[i], grasp[i], bool(td["success"][i])) for i in range(n)]
+
     jobs = [(t, s) for t in task_indices for s in range(states)]
     out: dict[int, Counter] = {t: Counter() for t in task_indices}
-    tasks = suite.all_tasks()
     policy.eval()
-    for env, td, padded, batch in episode_batches(suite, jobs, chunk_size=chunk_size, num_envs=num_envs):
-        step = ActivePolicyStep(policy, True, len(padded), [tasks[t].instruction for t, _ in padded])
-        start = [{o.key: sim.pos(o.key) for o in sim.task.objects} for sim in env.sims]
-        grasp: list[str | None] = [None] * len(padded)
-        for _ in range(suite.max_decisions(chunk_size)):
-            td = env.step(step(td))["next"]
-            grasp = [g or sim.attached for g, sim in zip(grasp, env.sims, strict=True)]
-            if td["done"].all():
-                break
-        for i, (t, _) in enumerate(batch):
-            out[t][_outcome(env.sims[i], start[i], grasp[i], bool(td["success"][i]))] += 1
+    for (t, _), seen in zip(jobs, play_jobs(suite, jobs, play, chunk_size=chunk_size, num_envs=num_envs),
+                            strict=True):
+        out[t][seen] += 1
     return out
 
 
