@@ -128,23 +128,18 @@ def test_a_null_policy_directory_from_the_command_line_loads_no_base():
     assert not cli.model.policy.pretrained
 
 
-def test_jsonargparse_still_turns_a_nested_null_into_the_string_none():
+def test_jsonargparse_still_turns_a_nested_null_into_the_string_none(monkeypatch):
     """Why ``vla_grpo.policies.pretrained.optional_path`` exists; when this fails, upstream is fixed: drop it."""
-    from vla_grpo.policies.pretrained import optional_path
+    import vla_grpo.policies.pretrained as pretrained
 
     seen = []
-    original = optional_path.__globals__["optional_path"]
+    original = pretrained.optional_path
 
     def spy(value):
         seen.append(value)
         return original(value)
 
-    import vla_grpo.policies.tiny as tiny
-
-    tiny.optional_path = spy
-    try:
-        VLACLI(args=["-c", str(ROOT / "conf/toy.yaml"), "--trainer.logger=false",
-                     "--model.policy.init_args.pretrained_path=null"], run=False)
-    finally:
-        tiny.optional_path = original
+    monkeypatch.setattr(pretrained, "optional_path", spy)  # what every policy's constructor path calls
+    VLACLI(args=["-c", str(ROOT / "conf/toy.yaml"), "--trainer.logger=false",
+                 "--model.policy.init_args.pretrained_path=null"], run=False)
     assert seen == ["None"]

@@ -38,8 +38,8 @@ WEIGHT_FILE = {ReadingVLAPolicy: "model.safetensors", TinyVLAPolicy: "model.safe
                HFVLAPolicy: "heads.safetensors"}
 
 
-def make_policy(cls, **overrides):
-    torch.manual_seed(0)
+def make_policy(cls, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
     return cls(**{**DIMS, **TINY_SIZES.get(cls, {}), "temperature": TEMPERATURE, **overrides})
 
 
@@ -121,8 +121,12 @@ def test_deepcopy_and_state_dict_round_trip(policy_cls):
     policy.set_action_stats(torch.tensor([-0.5, -2.0]), torch.tensor([0.5, 3.0]))
     obs = observations()
     _same_outputs(policy, copy.deepcopy(policy), obs)
-    fresh = make_policy(policy_cls)
+    fresh = make_policy(policy_cls, seed=1)  # other weights and stats: the comparison can fail before the load
+    with pytest.raises(AssertionError):
+        _same_outputs(policy, fresh, obs)
     fresh.load_state_dict(policy.state_dict())
+    want = policy.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
     _same_outputs(policy, fresh, obs)
 
 
