@@ -31,6 +31,7 @@ from vla_grpo.args import at_least, check_optimizer
 from vla_grpo.data.windows import PAD_KEY
 from vla_grpo.envs.base import Suite
 from vla_grpo.evaluation import EvalSpec, greedy_validation_step
+from vla_grpo.init_from import init_from_checkpoint
 from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY
 from vla_grpo.policies.base import check_policy_fits_suite
 from vla_grpo.rollout import GroupedRollout
@@ -93,17 +94,13 @@ class SFTModule(L.LightningModule):
         self.policy.temperature = 1.0
         self.rollout: GroupedRollout | None = None
         check_policy_fits_suite(policy, suite)
-        if init_from:
-            from vla_grpo.checkpoint import load_policy_weights
-
-            load_policy_weights(self.policy, init_from)
-            self.policy.pretrained = True
+        init_from_checkpoint(self.policy, init_from)
 
     def setup(self, stage: str) -> None:
         # the demos' statistics: the data module's (set up before the model) when it has demos
         data = self.trainer.datamodule if stage == "fit" else None
         stats = getattr(data, "action_stats", None)
-        if stats is not None and not (self.hparams.init_from or self.policy.pretrained):
+        if stats is not None and not self.policy.pretrained:  # a base or init_from keeps its own
             self.policy.set_action_stats(*stats)
             if self.hparams.token_prior_init:
                 prior = self.policy.token_log_prior(data.dataset.chunks, data.dataset.pad)
