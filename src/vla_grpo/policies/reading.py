@@ -11,9 +11,8 @@ Layout of one forward pass::
     [vision, state, t] -> MLP (LayerNorm, GELU) -> logits [H, A, V]
 
 Why FiLM: the instruction decides *which* object and relation matter, so it
-has to shape the visual features, not only be concatenated after them (a
-concatenated sentence embedding read reworded instructions, but not unseen
-spatial relations or objects: docs/experiments). Why spatial softmax: the
+has to shape the visual features, not only be concatenated after them
+(docs/experiments/reading_policy.md). Why spatial softmax: the
 policy needs where things are, which global pooling throws away. The FiLM
 layers start at the identity, so an untrained policy is unconditioned.
 
@@ -123,7 +122,7 @@ class ReadingVLAPolicy(PretrainedPolicy, TokenPolicyMixin, VLAWrapperBase):
         image_size: int = 64,
         vocab_size: int = 32,
         hidden_dim: int = 512,
-        channels: tuple[int, int, int, int] = (16, 32, 32, 32),  # 0.7x TinyVLA's speed at batch 64; (32, 64, 64, 64): 0.3x
+        channels: tuple[int, int, int, int] = (16, 32, 32, 32),  # narrow: it acts at every decision (docs/experiments/reading_policy.md)
         text_dim: int = 128,
         conditioning: str = "pooled",
         text_encoder: str | None = None,
