@@ -43,8 +43,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch  # noqa: E402
 from torchrl.envs import ParallelEnv  # noqa: E402
 
-from vla_grpo.checkpoint import load_policy_weights  # noqa: E402
 from vla_grpo.envs.tabletop import TabletopSuite  # noqa: E402
+from vla_grpo.init_from import load_policy_weights  # noqa: E402
 from vla_grpo.policies.tiny import TinyVLAPolicy  # noqa: E402
 from vla_grpo.prompts import (  # noqa: E402
     PromptSampler,

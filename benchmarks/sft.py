@@ -42,9 +42,9 @@ def evaluate(ckpt: Path, extra: list[str]) -> tuple[dict[str, float], dict[str, 
     The episodes are the ones SFT/GRPO validation runs: every split's tasks x
     initial states ``0..eval_states_per_task-1``.
     """
-    from vla_grpo.checkpoint import load_policy_weights
     from vla_grpo.cli import VLACLI
     from vla_grpo.evaluation import run_greedy
+    from vla_grpo.init_from import load_policy_weights
     from vla_grpo.rollout import GroupedRollout
 
     model = VLACLI(args=["-c", str(CONFIG), "--trainer.logger=false", *extra], run=False).model

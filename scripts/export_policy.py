@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("-c", "--config", required=True, help="the config whose model.policy the checkpoint holds")
     args = parser.parse_args(argv)
-    from vla_grpo.checkpoint import load_policy_weights
     from vla_grpo.cli import VLACLI
+    from vla_grpo.init_from import load_policy_weights
 
     model = VLACLI(args=["-c", args.config, "--trainer.logger=false"], run=False).model
     load_policy_weights(model.policy, args.checkpoint)

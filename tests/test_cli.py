@@ -1,6 +1,7 @@
 """The CLI: every shipped YAML parses, every loss runs 2 steps, bad input is one line."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import run_cli_error
 from vla_grpo.cli import VLACLI, main
@@ -22,10 +24,30 @@ FAST = ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=nul
         "--trainer.limit_val_batches=0"]
 
 
+def _named_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: Path(p).name)
 def test_every_config_parses_against_the_real_cli(config):
+    spec = yaml.safe_load(Path(config).read_text())
     cli = VLACLI(args=["-c", str(config), "--trainer.logger=false"], run=False)
-    assert cli.model is not None and cli.trainer is not None
+    # what the YAML names is what got built, with the YAML's values
+    model = spec["model"]
+    assert type(cli.model) is _named_class(model["class_path"])
+    for part in ("policy", "suite", "loss"):
+        named = model["init_args"].get(part)
+        if isinstance(named, dict):
+            assert type(getattr(cli.model, part)) is _named_class(named["class_path"]), part
+    scalars = {k: v for k, v in model["init_args"].items() if k in cli.model.hparams and not isinstance(v, dict)}
+    assert scalars and all(cli.model.hparams[k] == v for k, v in scalars.items()), scalars
+    for dim in ("action_dim", "chunk_size", "state_dim", "image_size"):
+        if dim in model["init_args"]["policy"].get("init_args", {}):
+            assert getattr(cli.model.policy, dim) == model["init_args"]["policy"]["init_args"][dim], dim
+    if "data" in spec:
+        assert type(cli.datamodule) is _named_class(spec["data"]["class_path"])
+    assert cli.trainer.max_steps == spec["trainer"].get("max_steps", -1)
 
 
 def _toy_args(tmp_path, *extra):
@@ -109,17 +131,31 @@ def test_a_plain_command_line_run_gives_no_args_and_argv_warning():
 
 
 def test_the_progress_bar_names_the_step_budget_not_epoch_minus_2():
-    from vla_grpo.cli import StepBudgetProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import CustomProgress
+
+    from vla_grpo.progress import StepBudgetProgressBar
 
     cli = VLACLI(args=["-c", str(ROOT / "conf/sft_tabletop.yaml"), "--trainer.logger=false",
                        "--trainer.max_steps=1000"], run=False)
     bar = cli.trainer.progress_bar_callback
     assert isinstance(bar, StepBudgetProgressBar)
     bar.setup(cli.trainer, cli.model, "fit")  # what Lightning does at fit start
-    assert bar._get_train_description(76).strip() == "Epoch 76 (step 0/1000)"
+    assert bar.train_description(76) == "Epoch 76 (step 0/1000)"
+    # what the bar shows after a batch: Lightning's hook moves it, ours names the budget
+    bar.progress = CustomProgress(disable=True)
+    bar.train_progress_bar_id = bar.progress.add_task("Epoch 0/-2", total=float("inf"))
+    bar.on_train_batch_end(cli.trainer, cli.model, None, None, 0)
+    assert bar.progress.tasks[0].description == "Epoch 0 (step 0/1000)"
+    bar.on_train_epoch_start(cli.trainer, cli.model)  # Lightning's hook resets it to "Epoch 0/-2", ours renames it
+    assert bar.progress.tasks[0].description == "Epoch 0 (step 0/1000)"
     quiet = VLACLI(args=["-c", str(ROOT / "conf/sft_tabletop.yaml"), "--trainer.logger=false",
                          "--trainer.enable_progress_bar=false"], run=False)
     assert quiet.trainer.progress_bar_callback is None
+    # a run bounded by epochs keeps Lightning's own description
+    by_epochs = VLACLI(args=["-c", str(ROOT / "conf/sft_tabletop.yaml"), "--trainer.logger=false",
+                             "--trainer.max_epochs=3"], run=False)
+    by_epochs.trainer.progress_bar_callback.setup(by_epochs.trainer, by_epochs.model, "fit")
+    assert by_epochs.trainer.progress_bar_callback.train_description(0) is None
 
 
 def test_a_null_policy_directory_from_the_command_line_loads_no_base():
@@ -128,23 +164,18 @@ def test_a_null_policy_directory_from_the_command_line_loads_no_base():
     assert not cli.model.policy.pretrained
 
 
-def test_jsonargparse_still_turns_a_nested_null_into_the_string_none():
+def test_jsonargparse_still_turns_a_nested_null_into_the_string_none(monkeypatch):
     """Why ``vla_grpo.policies.pretrained.optional_path`` exists; when this fails, upstream is fixed: drop it."""
-    from vla_grpo.policies.pretrained import optional_path
+    import vla_grpo.policies.pretrained as pretrained
 
     seen = []
-    original = optional_path.__globals__["optional_path"]
+    original = pretrained.optional_path
 
     def spy(value):
         seen.append(value)
         return original(value)
 
-    import vla_grpo.policies.tiny as tiny
-
-    tiny.optional_path = spy
-    try:
-        VLACLI(args=["-c", str(ROOT / "conf/toy.yaml"), "--trainer.logger=false",
-                     "--model.policy.init_args.pretrained_path=null"], run=False)
-    finally:
-        tiny.optional_path = original
+    monkeypatch.setattr(pretrained, "optional_path", spy)  # what every policy's constructor path calls
+    VLACLI(args=["-c", str(ROOT / "conf/toy.yaml"), "--trainer.logger=false",
+                 "--model.policy.init_args.pretrained_path=null"], run=False)
     assert seen == ["None"]

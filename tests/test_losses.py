@@ -1,16 +1,19 @@
-"""Every loss: hand-computed reference, sign of the update, zero-variance groups."""
+"""Every loss: hand-computed reference, sign of the update, zero-variance groups; SFT's imitation loss."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-from tensordict import TensorDict
+from tensordict import NonTensorStack, TensorDict
 
 from vla_grpo.keys import (
+    ACTION_CHUNK_KEY,
+    ACTION_TOKENS_KEY,
     ADVANTAGE_KEY,
     GROUP_STD_KEY,
     LOG_PROBS_KEY,
+    PAD_KEY,
     REF_LOG_PROBS_KEY,
     SAMPLE_LOG_PROBS_KEY,
     TRAJ_TOKENS_KEY,
@@ -23,6 +26,7 @@ from vla_grpo.losses import (
     GRPOLoss,
     GSPOLoss,
     PPOClipLoss,
+    TokenBCLoss,
 )
 
 B, H, A = 6, 2, 3
@@ -215,3 +219,77 @@ def test_all_equal_reward_group_gives_zero_gradient(loss_cls):
 def test_bad_loss_arguments_name_the_field(make, field):
     with pytest.raises(ValueError, match=rf"`--model\.loss\.init_args\.{field}` must be"):
         make()
+
+
+# -- SFT's imitation loss ----------------------------------------------------------------
+def _demo_windows(seed: int = 0, n: int = 5) -> TensorDict:
+    """``n`` demo windows (chunk 3, 2-D actions) with a few padded chunk steps."""
+    g = torch.Generator().manual_seed(seed)
+    pad = torch.zeros(n, 3, dtype=torch.bool)
+    pad[1, 2:], pad[3, 1:] = True, True
+    return TensorDict({
+        "observation": {"image": torch.randint(0, 256, (n, 3, 16, 16), generator=g).to(torch.uint8),
+                        "state": torch.randn(n, 3, generator=g)},
+        "language_instruction": NonTensorStack(*[f"task {i % 2}" for i in range(n)]),
+        ACTION_CHUNK_KEY: torch.rand(n, 3, 2, generator=g) * 2 - 1,
+        PAD_KEY: pad,
+    }, batch_size=[n])
+
+
+def _token_policy():
+    from vla_grpo.policies import TinyVLAPolicy
+
+    torch.manual_seed(0)
+    return TinyVLAPolicy(action_dim=2, chunk_size=3, state_dim=3, image_size=16, vocab_size=8, hidden_dim=16)
+
+
+def _sft_formula_before_the_loss_class(policy, batch):
+    """``SFTModule.bc_loss`` as it was written in sft.py before :class:`TokenBCLoss` (commit 7e0a5bc)."""
+    batch.set(ACTION_TOKENS_KEY, policy.encode_actions(batch.get(ACTION_CHUNK_KEY)))
+    log_probs, entropy = policy.score(batch)  # [B, H, A]
+    weight = (~batch.get(PAD_KEY)).to(log_probs.dtype).unsqueeze(-1).expand_as(log_probs)
+    count = weight.sum().clamp_min(1)
+    loss = -(log_probs * weight).sum() / count
+    return loss, {"entropy": (entropy.detach() * weight).sum() / count,
+                  "token_likelihood": (log_probs.detach().exp() * weight).sum() / count}
+
+
+def test_token_bc_loss_gives_the_sft_numbers_of_before_bit_for_bit():
+    policy = _token_policy()
+    out = TokenBCLoss()(policy, _demo_windows())
+    out["loss_bc"].backward()
+    ours = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    policy.zero_grad()
+    loss, metrics = _sft_formula_before_the_loss_class(policy, _demo_windows())
+    loss.backward()
+    assert torch.equal(out["loss_bc"], loss)
+    assert all(torch.equal(out[k], v) for k, v in metrics.items())
+    assert all(torch.equal(ours[n], p.grad) for n, p in policy.named_parameters())
+
+
+def test_token_bc_loss_is_the_cross_entropy_of_the_unpadded_demo_tokens():
+    policy = _token_policy()
+    batch = _demo_windows()
+    out = TokenBCLoss()(policy, batch)
+    logits = policy._action_logits(batch).reshape(5, 3, 2, 8)  # temperature 1
+    tokens = policy.encode_actions(batch[ACTION_CHUNK_KEY]).long()
+    keep = ~batch[PAD_KEY]
+    ce = torch.nn.functional.cross_entropy(logits[keep].reshape(-1, 8), tokens[keep].reshape(-1))
+    torch.testing.assert_close(out["loss_bc"], ce)
+    # padded steps carry no weight: another action there changes nothing
+    other = _demo_windows()
+    other[ACTION_CHUNK_KEY][batch[PAD_KEY]] = 0.99
+    assert torch.equal(TokenBCLoss()(policy, other)["loss_bc"], out["loss_bc"])
+    # a wholly padded batch is 0, not NaN
+    other[PAD_KEY][:] = True
+    assert float(TokenBCLoss()(policy, other)["loss_bc"]) == 0.0
+
+
+def test_a_bc_step_raises_the_demo_tokens_likelihood():
+    policy = _token_policy()
+    before = float(TokenBCLoss()(policy, _demo_windows())["token_likelihood"])
+    TokenBCLoss()(policy, _demo_windows())["loss_bc"].backward()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p -= 0.1 * p.grad
+    assert float(TokenBCLoss()(policy, _demo_windows())["token_likelihood"]) > before

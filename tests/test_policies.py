@@ -5,7 +5,8 @@ toy suite and must: write tokens / per-token log-probs / a decoded chunk;
 score its own samples to the same log-probs at the rollout temperature (the
 GRPO ratio is 1 before the first update); decode greedily and
 deterministically; survive save -> load and deepcopy unchanged; pass gradients
-to every weight; and refuse a wrong directory with one line.
+to every weight; name an imitation loss that trains it; and refuse a wrong
+directory with one line.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from tensordict import TensorDict
 from torchrl.data.vla import VocabTailActionTokenizer
 
 from vla_grpo.envs.toy import ToyReachSuite
-from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY, SAMPLE_LOG_PROBS_KEY
+from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY, PAD_KEY, SAMPLE_LOG_PROBS_KEY
+from vla_grpo.losses import ImitationLoss
 from vla_grpo.policies import POLICIES, HFVLAPolicy, ReadingVLAPolicy, TinyVLAPolicy
 from vla_grpo.policies.pretrained import POLICY_JSON
 
@@ -38,8 +40,8 @@ WEIGHT_FILE = {ReadingVLAPolicy: "model.safetensors", TinyVLAPolicy: "model.safe
                HFVLAPolicy: "heads.safetensors"}
 
 
-def make_policy(cls, **overrides):
-    torch.manual_seed(0)
+def make_policy(cls, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
     return cls(**{**DIMS, **TINY_SIZES.get(cls, {}), "temperature": TEMPERATURE, **overrides})
 
 
@@ -121,8 +123,12 @@ def test_deepcopy_and_state_dict_round_trip(policy_cls):
     policy.set_action_stats(torch.tensor([-0.5, -2.0]), torch.tensor([0.5, 3.0]))
     obs = observations()
     _same_outputs(policy, copy.deepcopy(policy), obs)
-    fresh = make_policy(policy_cls)
+    fresh = make_policy(policy_cls, seed=1)  # other weights and stats: the comparison can fail before the load
+    with pytest.raises(AssertionError):
+        _same_outputs(policy, fresh, obs)
     fresh.load_state_dict(policy.state_dict())
+    want = policy.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
     _same_outputs(policy, fresh, obs)
 
 
@@ -135,6 +141,22 @@ def test_gradients_reach_every_weight(policy_cls):
     without = [n for n, p in policy.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not without, without
     assert all(torch.isfinite(p.grad).all() for p in policy.parameters())
+
+
+def test_the_policy_names_the_imitation_loss_sft_fits_it_with(policy_cls):
+    """SFT never branches on the policy type: it fits ``policy.imitation_loss()`` to demo windows."""
+    policy = make_policy(policy_cls)
+    batch = observations()
+    H, A = DIMS["chunk_size"], DIMS["action_dim"]
+    batch.set(ACTION_CHUNK_KEY, torch.rand(6, H, A) * 2 - 1)
+    batch.set(PAD_KEY, torch.arange(H).expand(6, H) >= torch.arange(6, 0, -1).view(6, 1))  # some steps padded
+    loss = policy.imitation_loss()
+    assert isinstance(loss, ImitationLoss)
+    out = loss(policy, batch)
+    total = sum(v for k, v in out.items() if k.startswith("loss_"))
+    assert total.shape == () and torch.isfinite(total)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
 
 
 def test_decoding_applies_the_action_stats(policy_cls):

@@ -1,4 +1,5 @@
-"""SFT: chunk windows and padding, the BC loss falls, SFT -> GRPO checkpoint hand-off, bad demo files."""
+"""SFT: chunk windows and padding, the policy's imitation loss, the BC loss falls, SFT -> GRPO checkpoint
+hand-off, bad demo files."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDict
+from tensordict import NonTensorStack, TensorDict
 
 from tests.helpers import run_cli_error
 from vla_grpo.callbacks import SplitEvaluation
@@ -22,6 +23,7 @@ from vla_grpo.data import (
 )
 from vla_grpo.envs.demos import Demo, write_demos
 from vla_grpo.envs.tabletop import TabletopSuite
+from vla_grpo.losses import TokenBCLoss
 from vla_grpo.module import GRPOModule
 from vla_grpo.policies.tiny import TinyVLAPolicy
 from vla_grpo.sft import SFTModule
@@ -128,6 +130,36 @@ def _obs(suite, n: int = 6) -> TensorDict:
 def _greedy(policy, td):
     out = policy.act(td.clone(), greedy=True)
     return out.get(("vla_action", "tokens")), out.get(("vla_action", "chunk"))
+
+
+def test_sft_fits_the_policys_own_imitation_loss_unless_one_is_named(suite):
+    assert type(SFTModule(_policy(), suite).loss) is TokenBCLoss  # policy.imitation_loss()
+
+    class Counted(TokenBCLoss):
+        calls = 0
+
+        def forward(self, policy, batch):
+            Counted.calls += 1
+            return super().forward(policy, batch)
+
+    module = SFTModule(_policy(), suite, loss=Counted())
+    module.log = module.log_dict = lambda *args, **kwargs: None  # no trainer attached
+    n = 4
+    batch = TensorDict({"observation": {"image": torch.zeros(n, 3, SIZE, SIZE, dtype=torch.uint8),
+                                        "state": torch.zeros(n, 8)},
+                        "language_instruction": NonTensorStack(*["lift the mug"] * n),
+                        "vla_action": {"chunk": torch.zeros(n, CHUNK, 7)},
+                        PAD_KEY: torch.zeros(n, CHUNK, dtype=torch.bool)}, batch_size=[n])
+    loss = module.training_step(batch, 0)
+    assert Counted.calls == 1 and loss.requires_grad
+
+
+def test_the_sft_loss_is_a_command_line_choice():
+    from vla_grpo.cli import VLACLI
+
+    cli = VLACLI(args=["-c", "conf/sft_tabletop.yaml", "--trainer.logger=false",
+                       "--model.loss=vla_grpo.losses.TokenBCLoss"], run=False)
+    assert type(cli.model.loss) is TokenBCLoss
 
 
 @pytest.fixture(scope="module")

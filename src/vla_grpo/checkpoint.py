@@ -1,10 +1,10 @@
-"""Checkpoint files: written atomically (:class:`AtomicCheckpointIO`), and policy weights loaded
-from a Lightning checkpoint (SFT or GRPO) into a policy.
+"""Checkpoint files written all-or-nothing: :class:`AtomicCheckpointIO` (the CLI's default ``CheckpointIO``).
 
 Lightning's own ``_atomic_save`` writes to a temporary file from ``tempfile.mkstemp`` (in
 ``/tmp``) and moves it into place; when ``/tmp`` is another filesystem than the run
 directory that move is a copy, and a kill during it leaves a truncated checkpoint where the
 previous one was. :class:`AtomicCheckpointIO` writes next to the target, fsyncs, and renames.
+Loading a checkpoint's policy weights is :mod:`vla_grpo.init_from`'s job.
 """
 from __future__ import annotations
 
@@ -56,39 +56,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointWriteError(f"could not write checkpoint {path}: {reason}; the previous checkpoint "
                                        "there (if any) is intact") from None
 
-POLICY_PREFIX = "policy."
 
-
-def policy_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``policy.*`` weights of a ``.ckpt`` file, prefix stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"`--model.init_from`: no checkpoint file at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a corrupt file
-        raise ValueError(f"`--model.init_from`: {path} is not a readable checkpoint ({type(err).__name__})") from None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"`--model.init_from`: {path} has no 'state_dict' (expected a Lightning .ckpt)")
-    weights = {k[len(POLICY_PREFIX):]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
-    if not weights:
-        raise ValueError(f"`--model.init_from`: {path} holds no 'policy.*' weights")
-    return weights
-
-
-def load_policy_weights(policy: torch.nn.Module, path: str | Path) -> None:
-    """Load a checkpoint's policy weights (and its action-normalization stats) strictly."""
-    weights = policy_state_dict(path)
-    own = policy.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-            if keys
-        )
-        raise ValueError(f"`--model.init_from`: {path} does not fit the configured policy ({detail})")
-    policy.load_state_dict(weights)
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError"]

@@ -1,8 +1,10 @@
-"""The LightningCLI entry point: ``python -m vla_grpo {fit,validate,test} -c conf/x.yaml``.
+"""``python -m vla_grpo {fit,validate,test} -c conf/x.yaml``: our LightningCLI, bad input as one error line.
 
 Every part is swappable by ``class_path`` (model, policy, suite, loss,
 callbacks); ``python -m vla_grpo fit --help`` lists every knob and
 ``python -m vla_grpo fit --model.help vla_grpo.module.GRPOModule`` a class's own.
+Other subcommands (``demos``) live in :mod:`vla_grpo.commands`, the default
+progress bar in :mod:`vla_grpo.progress`.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import tempfile
 # headless MuJoCo rendering; set before any simulator is imported
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 
 from vla_grpo.checkpoint import AtomicCheckpointIO  # noqa: E402
+from vla_grpo.commands import COMMANDS  # noqa: E402
+from vla_grpo.progress import StepBudgetProgressBar  # noqa: E402
 
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
           "Expected a <class 'NoneType'>", "Given value")
@@ -36,28 +40,6 @@ def one_line(message: str) -> str:
 class _OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         return super().error(one_line(message), ex)
-
-
-class StepBudgetProgressBar(RichProgressBar):
-    """Lightning's rich bar, without its ``Epoch 76/-2`` when a run is bounded by ``max_steps``.
-
-    With ``max_steps`` and no ``max_epochs`` Lightning sets ``max_epochs = -1``
-    and the bar prints ``max_epochs - 1``; here the suffix is the step budget.
-    """
-
-    def _get_train_description(self, current_epoch: int) -> str:
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
-            return super()._get_train_description(current_epoch)
-        steps = f" (step {trainer.global_step}/{trainer.max_steps})" if trainer.max_steps > 0 else ""
-        return f"Epoch {current_epoch}{steps}"
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # the step count moves within an epoch (GRPO's one endless epoch): refresh it, not only at epoch start
-        if self.progress is not None and self.train_progress_bar_id is not None:
-            self.progress.update(self.train_progress_bar_id,
-                                 description=self._get_train_description(trainer.current_epoch))
 
 
 class VLACLI(LightningCLI):
@@ -83,9 +65,14 @@ class VLACLI(LightningCLI):
             parser.link_arguments("model", f"data.init_args.{target}", compute_fn=_model_link(target),
                                   apply_on="instantiate")
 
+    def _section(self, config, key: str, default=None):
+        """``config[key]``, inside the subcommand's section when there is one (LightningCLI's
+        private ``_get`` does the same; this keeps us off it)."""
+        return config.get(str(self.subcommand), config).get(key, default)
+
     def instantiate_trainer(self, **kwargs):
         # our progress bar unless the config turns the bar off or names its own
-        config = self._get(self.config_init, "trainer", default={})
+        config = self._section(self.config_init, "trainer", default={})
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(
@@ -105,7 +92,7 @@ class VLACLI(LightningCLI):
 
         for key in ("default_root_dir", "logger.init_args.save_dir"):
             try:
-                value = self._get(self.config, f"trainer.{key}", default=None)
+                value = self._section(self.config, f"trainer.{key}", default=None)
             except (AttributeError, KeyError, TypeError):  # no logger, or one without a save_dir
                 value = None
             problem = _run_dir_problem(value) if isinstance(value, str) else None
@@ -116,19 +103,19 @@ class VLACLI(LightningCLI):
         except (ValueError, FileNotFoundError) as err:
             self.parser.error(_root_message(err))
         except MisconfigurationException as err:  # Lightning's trainer: accelerator, devices, strategy
-            trainer = self._get(self.config, "trainer", default={}) or {}
+            trainer = self._section(self.config, "trainer", default={}) or {}
             chosen = ", ".join(f"{k}={trainer.get(k)!r}" for k in ("accelerator", "devices", "strategy"))
             self.parser.error(f"`--trainer` ({chosen}): {_root_message(err)}")
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
         # Lightning reads --ckpt_path's hyperparameters right after parsing, and a truncated file
-        # raises there: check it first, so it is one line before anything runs or is written
+        # raises there: check it here, so it is one line before anything runs or is written
         subcommand = self.config.get("subcommand")
         if subcommand:
             problem = _check_ckpt_path(self.config[subcommand].get("ckpt_path"), subcommand)
             if problem:
-                self.parser.error(problem)
-        super()._parse_ckpt_path()
+                parser.error(problem)
 
 
 def _run_dir_problem(path: str) -> str | None:
@@ -218,10 +205,8 @@ def _check_ckpt_path(path: str | None, subcommand: str) -> str | None:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "demos":
-        from vla_grpo.envs.demos import main as demos_main
-
-        demos_main(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        COMMANDS[argv[0]](argv[1:])
         return
     from vla_grpo.checkpoint import CheckpointWriteError
     from vla_grpo.envs.demos import DemoFileError

@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=None, help="task names (instead of --splits)")
     parser.add_argument("--states", type=int, default=10, help="initial states 0..n-1 per task")
     args = parser.parse_args(argv)
-    from vla_grpo.checkpoint import load_policy_weights
     from vla_grpo.cli import VLACLI
+    from vla_grpo.init_from import load_policy_weights
 
     model = VLACLI(args=["-c", args.config, "--trainer.logger=false"], run=False).model
     suite, policy = model.suite, model.policy

@@ -40,3 +40,5 @@ GROUP_STD_KEY = "group_return_std"
 TRAJ_TOKENS_KEY = "trajectory_num_tokens"
 #: globally unique id of the trajectory a decision belongs to
 TRAJ_ID_KEY = "trajectory_id"
+#: in a demo window, True where a chunk step ran past its episode's end (repeats the last action)
+PAD_KEY = "action_is_pad"

@@ -1,17 +1,21 @@
-"""Swappable policy losses, one class per objective.
+"""Swappable losses, one class per objective: GRPO's policy losses and SFT's imitation losses.
 
-Every loss follows TorchRL's loss contract: ``forward(td) -> TensorDict`` whose
+Every loss follows TorchRL's loss contract: it returns a TensorDict whose
 ``loss_*`` entries the trainer sums and whose other entries are logged
-(``clip_fraction``, ``approx_kl``, ``entropy``, ``ratio``). Pick one in YAML::
+(``clip_fraction``, ``approx_kl``, ``entropy``, ``ratio``). A policy loss
+(:class:`PolicyLoss` and subclasses, ``forward(td)``) is GRPO's; an imitation
+loss (:class:`ImitationLoss`, ``forward(policy, batch)``) is SFT's, and each
+policy names its own (``policy.imitation_loss()``). Pick one in YAML::
 
     model:
       loss:
         class_path: vla_grpo.losses.GRPOLoss
         init_args: {clip_low: 0.2, clip_high: 0.28}
 
-or on the command line with ``--model.loss=vla_grpo.losses.CISPOLoss``.
+or on the command line with ``--model.loss=vla_grpo.losses.CISPOLoss`` (on the SFT
+module, ``--model.loss=vla_grpo.losses.TokenBCLoss`` overrides the policy's own).
 
-Inputs (a batch ``[B]`` of policy decisions, each ``H x A`` action tokens):
+Policy-loss inputs (a batch ``[B]`` of policy decisions, each ``H x A`` action tokens):
 ``log_probs`` (current weights, with grad) and ``("vla_action", "log_probs")``
 (rollout policy), both ``[B, H, A]`` and at the same temperature;
 ``advantage`` ``[B, 1]``; ``trajectory_num_tokens`` ``[B, 1]`` (``|a_i|``, the
@@ -38,6 +42,9 @@ Aggregation (how token terms become one number), per class:
 * ``constant`` (:class:`DrGRPOLoss`): token sum over ``N * norm_tokens``.
 * ``decision_mean`` (:class:`GSPOLoss`): mean over decisions of a
   per-decision objective.
+
+Imitation losses (:class:`TokenBCLoss`; a flow-matching policy brings its own)
+take the policy and a batch of demo windows, see :class:`ImitationLoss`.
 """
 from __future__ import annotations
 
@@ -46,10 +53,13 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from vla_grpo.keys import (
+    ACTION_CHUNK_KEY,
+    ACTION_TOKENS_KEY,
     ADVANTAGE_KEY,
     ENTROPY_KEY,
     GROUP_STD_KEY,
     LOG_PROBS_KEY,
+    PAD_KEY,
     REF_LOG_PROBS_KEY,
     SAMPLE_LOG_PROBS_KEY,
     TRAJ_TOKENS_KEY,
@@ -245,3 +255,48 @@ class CISPOLoss(PolicyLoss):
 
 
 LOSSES = (GRPOLoss, DAPOLoss, PPOClipLoss, DrGRPOLoss, GSPOLoss, CISPOLoss)
+
+
+# -- imitation (SFT) losses ------------------------------------------------------------
+class ImitationLoss(nn.Module):
+    """SFT's loss contract: ``forward(policy, batch) -> TensorDict`` of ``loss_*`` terms and metrics.
+
+    ``batch`` is ``[B]`` demo windows: the observation, the demo's continuous actions
+    ``("vla_action", "chunk")`` ``[B, H, A]`` and ``action_is_pad`` ``[B, H]`` (chunk steps past
+    the episode's end, to leave out). The SFT module sums the ``loss_*`` entries into
+    ``train/loss`` and logs the others as ``train/<name>``. The policy is an argument, not a
+    member: the SFT module owns it, and a loss holding it would register its weights twice.
+    """
+
+    def forward(self, policy: nn.Module, batch: TensorDictBase) -> TensorDict:
+        raise NotImplementedError
+
+
+class TokenBCLoss(ImitationLoss):
+    """Behaviour cloning of a token head: cross-entropy of the demo chunk's action tokens.
+
+    Targets are ``policy.encode_actions(chunk)`` (under the policy's action normalization),
+    log-probs ``policy.score`` (at the policy's temperature: SFT sets 1.0); the loss is their
+    negative mean over the tokens of un-padded chunk steps. Metrics: ``entropy`` and
+    ``token_likelihood`` (the mean probability of the demo's tokens).
+
+    Why not ``torchrl.objectives.BCLoss``: it calls the actor itself, through a copy of its
+    weights registered in the loss (saved twice in a checkpoint), while our policies are
+    scored through their contract (``policy.score``, the log-probs GRPO uses too); and its
+    cross-entropy reads the class dimension second, where a token head's logits are
+    ``[B, H, A, V]``.
+    """
+
+    def forward(self, policy: nn.Module, batch: TensorDictBase) -> TensorDict:
+        batch.set(ACTION_TOKENS_KEY, policy.encode_actions(batch.get(ACTION_CHUNK_KEY)))
+        log_probs, entropy = policy.score(batch)  # [B, H, A]
+        weight = (~batch.get(PAD_KEY)).to(log_probs.dtype).unsqueeze(-1).expand_as(log_probs)
+        count = weight.sum().clamp_min(1)
+        return TensorDict({
+            "loss_bc": -(log_probs * weight).sum() / count,
+            "entropy": (entropy.detach() * weight).sum() / count,
+            "token_likelihood": (log_probs.detach().exp() * weight).sum() / count,
+        }, batch_size=[])
+
+
+IMITATION_LOSSES = (TokenBCLoss,)

@@ -34,6 +34,7 @@ from vla_grpo.groups import (
     unstable_episodes,
 )
 from vla_grpo.guard import NonFiniteGuard, NonFiniteUpdatesError  # noqa: F401  (re-exported)
+from vla_grpo.init_from import init_from_checkpoint
 from vla_grpo.keys import ENTROPY_KEY, INSTRUCTION_KEY, LOG_PROBS_KEY, REF_LOG_PROBS_KEY
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.policies.base import check_policy_fits_suite
@@ -167,10 +168,7 @@ class GRPOModule(L.LightningModule):
         self.sft = sft
         self.nonfinite = NonFiniteGuard(max_nonfinite_updates)
         self.training_rng = TrainingRNG()
-        if init_from:
-            from vla_grpo.checkpoint import load_policy_weights
-
-            load_policy_weights(self.policy, init_from)
+        init_from_checkpoint(self.policy, init_from)
         check_policy_fits_suite(self.policy, self.suite)
 
     def _check_args(self, suite: Suite, sft: SFTStage | None) -> None:
@@ -195,9 +193,7 @@ class GRPOModule(L.LightningModule):
     # -- Lightning plumbing ----------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.sft is not None and stage == "fit":
-            from vla_grpo.checkpoint import load_policy_weights
-
-            load_policy_weights(self.policy, self.sft.run(rank=self.global_rank))
+            init_from_checkpoint(self.policy, self.sft.run(rank=self.global_rank))
         hp, rank, world = self.hparams, self.global_rank, self.trainer.world_size
         self.sampler = make_prompt_sampler(
             hp.prompt_sampling, self.suite, group_size=hp.group_size,

@@ -1,11 +1,11 @@
-"""SFT: behaviour cloning of a token-head VLA on demonstrations, the GRPO starting point.
+"""SFT: a VLA policy imitates demonstrations with its own imitation loss, the GRPO starting point.
 
-:class:`SFTModule` fits the policy's action tokens with cross-entropy on demo
-windows (:mod:`vla_grpo.data`: the DataModule writes the demos with the suite's
-scripted experts when the file is missing) and evaluates greedily on the suite
-with the same code as GRPO (:mod:`vla_grpo.evaluation`), logging
-``eval/<split>/success``. Padded chunk steps (past an episode's end) are left
-out of the loss.
+:class:`SFTModule` fits the policy to demo windows (:mod:`vla_grpo.data`: the
+DataModule writes the demos with the suite's scripted experts when the file is
+missing) with the loss the policy names (``policy.imitation_loss()``; token
+policies: :class:`~vla_grpo.losses.TokenBCLoss`, cross-entropy on the action
+tokens of un-padded chunk steps), and evaluates greedily on the suite with the
+same code as GRPO (:mod:`vla_grpo.evaluation`), logging ``eval/<split>/success``.
 
 Commands::
 
@@ -28,25 +28,27 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
 from vla_grpo.args import at_least, check_optimizer
-from vla_grpo.data.windows import PAD_KEY
 from vla_grpo.envs.base import Suite
 from vla_grpo.evaluation import EvalSpec, greedy_validation_step
-from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY
+from vla_grpo.init_from import init_from_checkpoint
+from vla_grpo.losses import ImitationLoss
 from vla_grpo.policies.base import check_policy_fits_suite
 from vla_grpo.rollout import GroupedRollout
 
 
 class SFTModule(L.LightningModule):
-    """Behaviour cloning of a token-head VLA: cross-entropy on its action tokens.
+    """SFT of a VLA policy on demo windows with its imitation loss; greedy validation on the suite.
 
-    Targets are ``policy.encode_actions(chunk)`` under the demos' q01/q99
-    normalization (set from the data module before training; the bounds are
-    policy buffers, so they travel in the checkpoint to GRPO). Logits are taken
-    at temperature 1.0. Validation is greedy on the suite, as in GRPO.
+    Actions are normalized with the demos' q01/q99 (set from the data module
+    before training, unless the policy is pretrained; the bounds are policy
+    buffers, so they travel in the checkpoint to GRPO). The policy runs at
+    temperature 1.0. Validation is greedy on the suite, as in GRPO.
 
     Args:
-        policy: a token-head VLA policy (``vla_grpo.policies``).
+        policy: a VLA policy (``vla_grpo.policies``).
         suite: the env suite to evaluate on (and to write demos with).
+        loss: the imitation loss (``vla_grpo.losses``); None: the policy's own,
+            ``policy.imitation_loss()``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_schedule: ``constant`` or ``cosine`` (to 10% of ``lr`` at ``trainer.max_steps``).
@@ -57,9 +59,9 @@ class SFTModule(L.LightningModule):
         token_prior_init: start the action head at the demos' token marginals
             (``policy.set_token_prior``; without it TinyVLA collapses to the marginal).
         instruction_noise: norm of the noise on the instruction embedding in training
-            forwards (``policy.instruction_noise``; policies without an embedding ignore it).
-            Measured on 20-demo SFT of the 18 seen tasks: the held-out rewordings went from
-            0.68x to 0.92x of the seen success at 0.5 (docs/experiments/reading_policy.md).
+            forwards (``policy.instruction_noise``; policies without an embedding ignore it):
+            the trunk learns to map the neighbourhood of a trained phrasing, where rewordings
+            sit, alike (measurements: docs/experiments/reading_policy.md).
         init_from: a checkpoint to start from (the pretrained base, ``conf/pretrain_tabletop.yaml``):
             its weights *and* its action normalization are kept (the demos' statistics and
             token prior would change what the pretrained head's tokens mean).
@@ -69,6 +71,7 @@ class SFTModule(L.LightningModule):
         self,
         policy: torch.nn.Module,
         suite: Suite,
+        loss: ImitationLoss | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         lr_schedule: str = "constant",
@@ -86,24 +89,21 @@ class SFTModule(L.LightningModule):
         check_optimizer(lr, weight_decay)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`--model.lr_schedule` must be 'constant' or 'cosine' (got {lr_schedule!r})")
-        self.save_hyperparameters(ignore=["policy", "suite"])
+        self.save_hyperparameters(ignore=["policy", "suite", "loss"])
         self.policy = policy
         self.suite = suite
-        # cross-entropy against the demo tokens is taken on the plain logits
+        self.loss = loss if loss is not None else policy.imitation_loss()
+        # imitation is taken on the plain distribution (token logits at temperature 1)
         self.policy.temperature = 1.0
         self.rollout: GroupedRollout | None = None
         check_policy_fits_suite(policy, suite)
-        if init_from:
-            from vla_grpo.checkpoint import load_policy_weights
-
-            load_policy_weights(self.policy, init_from)
-            self.policy.pretrained = True
+        init_from_checkpoint(self.policy, init_from)
 
     def setup(self, stage: str) -> None:
         # the demos' statistics: the data module's (set up before the model) when it has demos
         data = self.trainer.datamodule if stage == "fit" else None
         stats = getattr(data, "action_stats", None)
-        if stats is not None and not (self.hparams.init_from or self.policy.pretrained):
+        if stats is not None and not self.policy.pretrained:  # a base or init_from keeps its own
             self.policy.set_action_stats(*stats)
             if self.hparams.token_prior_init:
                 prior = self.policy.token_log_prior(data.dataset.chunks, data.dataset.pad)
@@ -128,20 +128,11 @@ class SFTModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.1 * self.hparams.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def bc_loss(self, batch: TensorDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean cross-entropy over the action tokens of un-padded chunk steps."""
-        batch.set(ACTION_TOKENS_KEY, self.policy.encode_actions(batch.get(ACTION_CHUNK_KEY)))
-        log_probs, entropy = self.policy.score(batch)  # [B, H, A]
-        weight = (~batch.get(PAD_KEY)).to(log_probs.dtype).unsqueeze(-1).expand_as(log_probs)
-        count = weight.sum().clamp_min(1)
-        loss = -(log_probs * weight).sum() / count
-        metrics = {"train/entropy": (entropy.detach() * weight).sum() / count,
-                   "train/token_likelihood": (log_probs.detach().exp() * weight).sum() / count}
-        return loss, metrics
-
     def training_step(self, batch: TensorDict, batch_idx: int) -> torch.Tensor:
         with self.policy.instruction_noise(self.hparams.instruction_noise):
-            loss, metrics = self.bc_loss(batch)
+            terms = self.loss(self.policy, batch)
+        loss = sum(value for key, value in terms.items() if key.startswith("loss_"))
+        metrics = {f"train/{key}": value for key, value in terms.items() if not key.startswith("loss_")}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.shape[0])
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.shape[0])
         return loss

@@ -14,10 +14,14 @@ from torch.utils.data import Dataset
 from torchrl.envs import ActionChunkTransform
 
 from vla_grpo.envs.demos import Demo
-from vla_grpo.keys import ACTION_CHUNK_KEY, IMAGE_KEY, INSTRUCTION_KEY, STATE_KEY, TASK_INDEX_KEY
-
-#: True where a chunk step ran past its episode's end (repeats the last action)
-PAD_KEY = "action_is_pad"
+from vla_grpo.keys import (
+    ACTION_CHUNK_KEY,
+    IMAGE_KEY,
+    INSTRUCTION_KEY,
+    PAD_KEY,
+    STATE_KEY,
+    TASK_INDEX_KEY,
+)
 
 
 def chunk_demos(demos: list[Demo], chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:

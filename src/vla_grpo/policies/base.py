@@ -15,7 +15,10 @@ plus :class:`TokenPolicyMixin`, which adds what GRPO needs and TorchRL lacks:
   q01/q99 (OpenVLA), kept as buffers so they travel with checkpoints;
 * a token prior: :meth:`token_log_prior` of demo chunks and
   :meth:`set_token_prior`, which starts the action head at it before SFT when
-  the policy's head allows it.
+  the policy's head allows it;
+* :meth:`imitation_loss`: the loss SFT fits it with (token cross-entropy,
+  :class:`~vla_grpo.losses.TokenBCLoss`). Each policy family names its own, so
+  the SFT module never branches on the policy type.
 
 Nothing outside ``policies/`` knows a model's internals.
 """
@@ -29,6 +32,7 @@ from tensordict.nn import InteractionType, set_interaction_type
 from torchrl.data.vla import UniformActionTokenizer
 
 from vla_grpo.keys import ACTION_TOKENS_KEY
+from vla_grpo.losses import ImitationLoss, TokenBCLoss
 
 
 class TokenPolicyMixin:
@@ -105,6 +109,10 @@ class TokenPolicyMixin:
     def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Tokens of continuous actions (clipped to the normalization bounds)."""
         return self.action_tokenizer.encode(actions)
+
+    def imitation_loss(self) -> ImitationLoss:
+        """The loss SFT fits this policy with: cross-entropy on its action tokens."""
+        return TokenBCLoss()
 
     # -- the token prior ------------------------------------------------------------
     def token_log_prior(self, chunks: torch.Tensor, pad: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:

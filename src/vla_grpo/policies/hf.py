@@ -42,11 +42,10 @@ from torchrl.modules.vla import VLAWrapperBase
 from vla_grpo.policies.base import TokenPolicyMixin, instruction_strings
 from vla_grpo.policies.pretrained import (
     POLICY_JSON,
-    check_dims,
+    PolicyDirectory,
+    PretrainedPolicy,
+    check_sizes,
     load_action_stats,
-    optional_path,
-    read_policy_dir,
-    write_policy_json,
 )
 
 NUM_BINS = 256  # OpenVLA: 256 action bins, the last 256 ids of the LM vocabulary
@@ -120,7 +119,7 @@ def _load_backbone(path: Path):
     return vision, lm, tokenizer
 
 
-class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
+class HFVLAPolicy(PretrainedPolicy, TokenPolicyMixin, VLAWrapperBase):
     """A transformers VLA (SigLIP + Llama/Qwen2) decoding the whole action chunk in one pass.
 
     Build a tiny random model from the size arguments, or load ``pretrained_path``
@@ -148,6 +147,11 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         gradient_checkpointing: recompute activations in backward (transformers' checkpointing).
     """
 
+    policy_files = _FILES
+    # image_size may differ: images are resized to the vision tower's size
+    suite_dims = ("action_dim", "chunk_size", "state_dim")
+    stored_sizes = {"num_bins": "num_bins"}  # the other sizes are the stored models' own configs
+
     def __init__(
         self,
         pretrained_path: str | None = None,
@@ -167,27 +171,27 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         bf16: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
-        _check_sizes(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
-                     max_instruction_tokens=max_instruction_tokens)
+        check_sizes(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
+                    max_instruction_tokens=max_instruction_tokens)
         if num_bins < 2:
             raise ValueError(f"`policy.num_bins` must be >= 2 (got {num_bins})")
-        pretrained_path = optional_path(pretrained_path)
-        meta = None if pretrained_path is None else read_policy_dir(pretrained_path, type(self), _FILES)
+        source, cfg = self.open_pretrained(pretrained_path, action_dim=action_dim, chunk_size=chunk_size,
+                                           state_dim=state_dim, num_bins=num_bins)
         super().__init__(
-            action_dim=action_dim, chunk_size=chunk_size, action_head="tokens",
-            vocab_size=int(num_bins if meta is None else meta["num_bins"]),
+            action_dim=action_dim, chunk_size=chunk_size, action_head="tokens", vocab_size=cfg.num_bins,
             log_probs_mode="token", output_mode="both", return_vla_action_container=False,
         )
         self.state_dim, self.image_size = int(state_dim), int(image_size)
         self.max_instruction_tokens = int(max_instruction_tokens)
         self.bf16 = bool(bf16)
         self._token_cache: dict[str, list[int]] = {}
-        if meta is None:
+        if source is None:
             _check_model_sizes(image_size, patch_size, vision_hidden, text_hidden, layers, heads, text_model)
             self._build(patch_size, vision_hidden, text_hidden, layers, heads, text_model)
-            self._init_token_policy(action_dim, self.vocab_size, temperature)
         else:
-            self._load(Path(pretrained_path), meta, temperature)
+            self._build_stored(source)
+        self._init_token_policy(action_dim, self.vocab_size, temperature)
+        self.load_pretrained(source)
         if gradient_checkpointing:
             for model in (self.vision, self.lm):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -208,38 +212,40 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         )
         self.heads = _ActionHeads(vision_hidden, text_hidden, self.state_dim, num_queries)
 
-    def _load(self, path: Path, meta: dict, temperature: float) -> None:
+    def _build_stored(self, source: PolicyDirectory) -> None:
+        """The vision tower, LM and tokenizer of a policy directory (with their weights), and fresh heads."""
+        self.vision, self.lm, self.tokenizer = _load_backbone(source.path)
+        self.max_instruction_tokens = int(source.meta.get("max_instruction_tokens", self.max_instruction_tokens))
+        self.heads = _ActionHeads(self.vision.config.hidden_size, self.lm.config.hidden_size,
+                                  self.state_dim, self.chunk_size * self.action_dim)
+
+    # -- its policy directory ---------------------------------------------------------------
+    def load_pretrained(self, source: PolicyDirectory | None) -> None:
+        """The heads' weights and the action stats (the backbone came with :meth:`_build_stored`)."""
         from safetensors.torch import load_file
 
-        # image_size may differ: images are resized to the vision tower's size
-        check_dims(path, meta, action_dim=self.action_dim, chunk_size=self.chunk_size, state_dim=self.state_dim)
-        self.vision, self.lm, self.tokenizer = _load_backbone(path)
-        self.max_instruction_tokens = int(meta.get("max_instruction_tokens", self.max_instruction_tokens))
-        num_queries = self.chunk_size * self.action_dim
-        self.heads = _ActionHeads(self.vision.config.hidden_size, self.lm.config.hidden_size,
-                                  self.state_dim, num_queries)
+        if source is None:
+            return
         try:
-            self.heads.load_state_dict(load_file(path / "heads.safetensors"))
+            self.heads.load_state_dict(load_file(source.path / "heads.safetensors"))
         except (RuntimeError, OSError) as err:
-            raise ValueError(f"`policy.pretrained_path`: {path}/heads.safetensors does not fit "
+            raise ValueError(f"`policy.pretrained_path`: {source.path}/heads.safetensors does not fit "
                              f"({str(err).strip().splitlines()[0]})") from None
-        self._init_token_policy(self.action_dim, self.vocab_size, temperature)
-        load_action_stats(self, meta)
+        load_action_stats(self, source.meta)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the policy directory (models, tokenizer, heads, ``vla_policy.json``); returns it."""
+    def write_weights(self, path: Path) -> None:
+        """``vision/``, ``language_model/``, ``tokenizer/`` (transformers' own) and ``heads.safetensors``."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         with _quiet_transformers():
             self.vision.save_pretrained(path / "vision")
             self.lm.save_pretrained(path / "language_model")
             self.tokenizer.save_pretrained(path / "tokenizer")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()},
                   path / "heads.safetensors")
-        write_policy_json(path, self, max_instruction_tokens=self.max_instruction_tokens)
-        return path
+
+    def policy_config(self) -> dict:
+        return {"max_instruction_tokens": self.max_instruction_tokens}
 
     def fsdp_units(self) -> list[nn.Module]:
         """What FSDP2 shards as units of their own (``vla_grpo.sharding``): each vision and decoder layer."""
@@ -335,16 +341,10 @@ class HFVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         return self._predict_logits(tensordict).flatten(-3)
 
 
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"`policy.{name}` must be >= 1 (got {value})")
-
-
 def _check_model_sizes(image_size: int, patch_size: int, vision_hidden: int, text_hidden: int, layers: int,
                        heads: int, text_model: str) -> None:
-    _check_sizes(patch_size=patch_size, vision_hidden=vision_hidden, text_hidden=text_hidden, layers=layers,
-                 heads=heads)
+    check_sizes(patch_size=patch_size, vision_hidden=vision_hidden, text_hidden=text_hidden, layers=layers,
+                heads=heads)
     if image_size % patch_size:
         raise ValueError(f"`policy.patch_size` must divide `policy.image_size` {image_size} (got {patch_size})")
     for name, width in (("vision_hidden", vision_hidden), ("text_hidden", text_hidden)):

@@ -1,15 +1,18 @@
-"""The on-disk policy directory shared by every policy's ``save_pretrained``.
+"""The one constructor path of every policy: build from arguments or load a policy directory.
 
 A policy directory holds ``vla_policy.json`` (which class, the suite-facing
 dimensions, the action-normalization stats) next to the class's own weight
-files. Loading checks the files and the dimensions first, so a wrong directory
-is one line naming it and what was expected instead of a shape error deep in
-``load_state_dict``.
+files. :class:`PretrainedPolicy` is the path every policy's ``__init__`` and
+``save_pretrained`` go through: loading checks the files and the dimensions
+first, so a wrong directory is one line naming it and what was expected
+instead of a shape error deep in ``load_state_dict``.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
@@ -62,15 +65,11 @@ def read_policy_dir(path: str | Path, cls: type, files: tuple[str, ...]) -> dict
     return meta
 
 
-def open_policy_dir(path: str | None, cls: type, **dims: int) -> dict | None:
-    """The json of a ``cls`` directory holding :data:`WEIGHTS_FILE` whose suite ``dims`` equal the configured
-    ones; None when ``path`` is None (or jsonargparse's ``"None"``)."""
-    path = optional_path(path)
-    if path is None:
-        return None
-    meta = read_policy_dir(path, cls, (WEIGHTS_FILE,))
-    check_dims(path, meta, **dims)
-    return meta
+def check_sizes(**sizes: int) -> None:
+    """One-line ``ValueError`` naming ``policy.<name>`` for a size below 1."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"`policy.{name}` must be >= 1 (got {value})")
 
 
 def check_dims(path: str | Path, meta: dict, **configured: int) -> None:
@@ -90,12 +89,11 @@ def write_policy_json(path: str | Path, policy: torch.nn.Module, **extra) -> Non
         "policy_class": type(policy).__name__,
         "format_version": FORMAT_VERSION,
         **{name: int(getattr(policy, name)) for name in SUITE_DIMS},
-        "num_bins": int(policy.vocab_size),
-        # q01/q99 of the demos (OpenVLA's norm stats), applied when decoding tokens
-        "action_low": policy.action_low.cpu().tolist(),
-        "action_high": policy.action_high.cpu().tolist(),
-        **extra,
     }
+    if getattr(policy, "vocab_size", None) is not None:  # a token head: action bins per dimension
+        meta["num_bins"] = int(policy.vocab_size)
+    # q01/q99 of the demos (OpenVLA's norm stats), applied when decoding actions
+    meta.update(action_low=policy.action_low.cpu().tolist(), action_high=policy.action_high.cpu().tolist(), **extra)
     (Path(path) / POLICY_JSON).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -127,3 +125,74 @@ def load_action_stats(policy, meta: dict) -> None:
     """Restore the normalization bounds stored by :func:`write_policy_json`; the policy is now pretrained."""
     policy.set_action_stats(torch.tensor(meta["action_low"]), torch.tensor(meta["action_high"]))
     policy.pretrained = True
+
+
+class PolicyDirectory(NamedTuple):
+    """A policy directory opened for loading: where it is and its ``vla_policy.json``."""
+
+    path: Path
+    meta: dict
+
+
+class PretrainedPolicy:
+    """Build a policy from its arguments, or load it from a policy directory: the one path for both.
+
+    A policy's ``__init__`` goes through three steps:
+
+    1. ``source, cfg = self.open_pretrained(pretrained_path, **sizes)``: with a directory,
+       its files (:attr:`policy_files`) and suite dimensions (:attr:`suite_dims`) are checked
+       against the configuration, and the sizes it stores (:attr:`stored_sizes`) replace the
+       arguments; ``cfg`` holds the sizes to build with (the arguments when ``source`` is None);
+    2. build the modules from ``cfg`` (random weights);
+    3. ``self.load_pretrained(source)``: the directory's weights and action stats (nothing when None).
+
+    :meth:`save_pretrained` writes what step 1 reads: :meth:`write_weights`, then
+    ``vla_policy.json`` with :meth:`policy_config`. A class whose weights are its whole state
+    dict (one ``model.safetensors``) only names its :attr:`stored_sizes` and :meth:`policy_config`.
+    """
+
+    #: files a directory of this class holds beside ``vla_policy.json``
+    policy_files: tuple[str, ...] = (WEIGHTS_FILE,)
+    #: suite dimensions a loaded directory must share with the configuration
+    suite_dims: tuple[str, ...] = SUITE_DIMS
+    #: constructor argument -> ``vla_policy.json`` key, for the sizes a directory fixes (they win)
+    stored_sizes: dict[str, str] = {}
+
+    @classmethod
+    def open_pretrained(cls, pretrained_path: str | None, **sizes) -> tuple[PolicyDirectory | None, SimpleNamespace]:
+        """The directory at ``pretrained_path`` (None for None or jsonargparse's ``"None"``) and the
+        sizes to build with: ``sizes``, those in :attr:`stored_sizes` replaced by the directory's.
+
+        Raises:
+            FileNotFoundError: the directory or one of its files is missing.
+            ValueError: it holds another class, unreadable json, or other suite dimensions.
+        """
+        path = optional_path(pretrained_path)
+        if path is None:
+            return None, SimpleNamespace(**sizes)
+        meta = read_policy_dir(path, cls, cls.policy_files)
+        check_dims(path, meta, **{name: sizes[name] for name in cls.suite_dims})
+        for arg, key in cls.stored_sizes.items():
+            sizes[arg] = type(sizes[arg])(meta[key])  # the configured argument's type: int, str, tuple
+        return PolicyDirectory(Path(path), meta), SimpleNamespace(**sizes)
+
+    def load_pretrained(self, source: PolicyDirectory | None) -> None:
+        """Load ``source``'s weights (strictly) and action stats; nothing when it is None."""
+        if source is not None:
+            load_state(self, source.path, source.meta)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the policy directory (:meth:`write_weights`, then ``vla_policy.json``); returns it."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.write_weights(path)
+        write_policy_json(path, self, **self.policy_config())
+        return path
+
+    def write_weights(self, path: Path) -> None:
+        """The weight files of the directory (default: the whole state dict as :data:`WEIGHTS_FILE`)."""
+        save_state(self, path)
+
+    def policy_config(self) -> dict:
+        """The class's own ``vla_policy.json`` entries (the sizes :attr:`stored_sizes` reads back)."""
+        return {}

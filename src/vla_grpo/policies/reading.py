@@ -11,9 +11,8 @@ Layout of one forward pass::
     [vision, state, t] -> MLP (LayerNorm, GELU) -> logits [H, A, V]
 
 Why FiLM: the instruction decides *which* object and relation matter, so it
-has to shape the visual features, not only be concatenated after them (a
-concatenated sentence embedding read reworded instructions, but not unseen
-spatial relations or objects: docs/experiments). Why spatial softmax: the
+has to shape the visual features, not only be concatenated after them
+(docs/experiments/reading_policy.md). Why spatial softmax: the
 policy needs where things are, which global pooling throws away. The FiLM
 layers start at the identity, so an untrained policy is unconditioned.
 
@@ -34,11 +33,11 @@ from torchrl.modules.vla import VLAWrapperBase
 
 from vla_grpo.policies.base import TokenPolicyMixin, instruction_strings
 from vla_grpo.policies.pretrained import (
-    load_state,
-    open_policy_dir,
+    PolicyDirectory,
+    PretrainedPolicy,
+    check_sizes,
     optional_path,
     save_state,
-    write_policy_json,
 )
 from vla_grpo.policies.text import DEFAULT_ENCODER, TextEncoder
 
@@ -90,7 +89,7 @@ def spatial_softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([(attn.sum(2) * xs).sum(-1), (attn.sum(3) * ys).sum(-1)], dim=1)
 
 
-class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
+class ReadingVLAPolicy(PretrainedPolicy, TokenPolicyMixin, VLAWrapperBase):
     """The CPU VLA that reads its instruction: frozen sentence encoder, FiLM-conditioned conv trunk, token head.
 
     Args:
@@ -111,6 +110,10 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
             its suite dimensions must equal the configured ones.
     """
 
+    # its directory: vla_policy.json + model.safetensors (+ text_encoder/ when the encoder is its own)
+    stored_sizes = {"vocab_size": "num_bins", "hidden_dim": "hidden_dim", "text_dim": "text_dim",
+                    "channels": "channels", "conditioning": "conditioning", "text_tune_layers": "text_tune_layers"}
+
     def __init__(
         self,
         action_dim: int = 7,
@@ -119,7 +122,7 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         image_size: int = 64,
         vocab_size: int = 32,
         hidden_dim: int = 512,
-        channels: tuple[int, int, int, int] = (16, 32, 32, 32),  # 0.7x TinyVLA's speed at batch 64; (32, 64, 64, 64): 0.3x
+        channels: tuple[int, int, int, int] = (16, 32, 32, 32),  # narrow: it acts at every decision (docs/experiments/reading_policy.md)
         text_dim: int = 128,
         conditioning: str = "pooled",
         text_encoder: str | None = None,
@@ -127,37 +130,34 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
         temperature: float = 1.0,
         pretrained_path: str | None = None,
     ) -> None:
-        pretrained_path = optional_path(pretrained_path)
+        source, cfg = self.open_pretrained(
+            pretrained_path, action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
+            vocab_size=vocab_size, hidden_dim=hidden_dim, text_dim=text_dim, channels=channels,
+            conditioning=conditioning, text_tune_layers=text_tune_layers)
         text_encoder = optional_path(text_encoder)
-        meta = open_policy_dir(pretrained_path, type(self), action_dim=action_dim, chunk_size=chunk_size,
-                               state_dim=state_dim, image_size=image_size)
-        if meta is not None:
-            vocab_size, hidden_dim, text_dim = int(meta["num_bins"]), int(meta["hidden_dim"]), int(meta["text_dim"])
-            channels, conditioning = tuple(meta["channels"]), str(meta["conditioning"])
-            text_tune_layers = int(meta["text_tune_layers"])
-            if text_encoder is None:
-                text_encoder = _stored_encoder(Path(pretrained_path), meta)
-        _check_args(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
-                    vocab_size=vocab_size, hidden_dim=hidden_dim, text_dim=text_dim)
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"`policy.conditioning` must be one of {CONDITIONINGS} (got {conditioning!r})")
-        if len(channels) != 4 or min(channels) < 1:
-            raise ValueError(f"`policy.channels` must be 4 positive widths (got {list(channels)})")
-        super().__init__(action_dim=action_dim, chunk_size=chunk_size, action_head="tokens", vocab_size=vocab_size,
+        if source is not None and text_encoder is None:
+            text_encoder = _stored_encoder(source)
+        check_sizes(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
+                    vocab_size=cfg.vocab_size, hidden_dim=cfg.hidden_dim, text_dim=cfg.text_dim)
+        if cfg.conditioning not in CONDITIONINGS:
+            raise ValueError(f"`policy.conditioning` must be one of {CONDITIONINGS} (got {cfg.conditioning!r})")
+        if len(cfg.channels) != 4 or min(cfg.channels) < 1:
+            raise ValueError(f"`policy.channels` must be 4 positive widths (got {list(cfg.channels)})")
+        super().__init__(action_dim=action_dim, chunk_size=chunk_size, action_head="tokens", vocab_size=cfg.vocab_size,
                          log_probs_mode="token", output_mode="both", return_vla_action_container=False)
         self.state_dim, self.image_size = int(state_dim), int(image_size)
-        self.hidden_dim, self.text_dim, self.channels = int(hidden_dim), int(text_dim), tuple(int(c) for c in channels)
-        self.conditioning = conditioning
+        self.hidden_dim, self.text_dim = int(cfg.hidden_dim), int(cfg.text_dim)
+        self.channels = tuple(int(c) for c in cfg.channels)
+        self.conditioning = cfg.conditioning
         self._noise = 0.0
-        encoder = TextEncoder(text_encoder, tune_layers=text_tune_layers)
+        encoder = TextEncoder(text_encoder, tune_layers=cfg.text_tune_layers)
         if encoder.tune_layers > 0:
             self.text_encoder = encoder  # trained: its weights are the policy's
         else:
             object.__setattr__(self, "text_encoder", encoder)  # frozen: outside the state dict and optimizer
         self._build(encoder.dim)
-        self._init_token_policy(action_dim, vocab_size, temperature)
-        if meta is not None:
-            load_state(self, Path(pretrained_path), meta)
+        self._init_token_policy(action_dim, cfg.vocab_size, temperature)
+        self.load_pretrained(source)
 
     def _build(self, encoder_dim: int) -> None:
         c1, c2, c3, c4 = self.channels
@@ -219,37 +219,31 @@ class ReadingVLAPolicy(TokenPolicyMixin, VLAWrapperBase):
             self.head.bias.copy_(log_prior.reshape(-1).to(self.head.bias))
         return True
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``vla_policy.json`` + ``model.safetensors`` (+ the tuned encoder); returns the directory."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    # -- its policy directory ---------------------------------------------------------------
+    def _owns_encoder(self) -> bool:
+        """Whether the directory gets a copy of the encoder: a local one may not exist on another
+        machine, and a tuned one is ours (the packaged default is referenced: every install has it)."""
+        return self.text_encoder.source != DEFAULT_ENCODER or self.text_encoder.tune_layers > 0
+
+    def write_weights(self, path: Path) -> None:
+        """``model.safetensors``, and the encoder under ``text_encoder/`` when the directory owns it."""
         save_state(self, path)
-        encoder = self.text_encoder.source
-        if encoder != DEFAULT_ENCODER or self.text_encoder.tune_layers > 0:
-            # a local encoder directory may not exist on another machine, and a tuned one is ours: copy it
-            # (the packaged default is referenced: every install has it)
+        if self._owns_encoder():
             self.text_encoder.model.save_pretrained(path / _ENCODER_DIR)
             self.text_encoder.tokenizer.save_pretrained(path / _ENCODER_DIR)
-            encoder = _ENCODER_DIR
-        write_policy_json(path, self, hidden_dim=self.hidden_dim, text_dim=self.text_dim,
-                          channels=list(self.channels), conditioning=self.conditioning,
-                          text_tune_layers=self.text_encoder.tune_layers, text_encoder=encoder)
-        return path
+
+    def policy_config(self) -> dict:
+        return dict(hidden_dim=self.hidden_dim, text_dim=self.text_dim, channels=list(self.channels),
+                    conditioning=self.conditioning, text_tune_layers=self.text_encoder.tune_layers,
+                    text_encoder=_ENCODER_DIR if self._owns_encoder() else self.text_encoder.source)
 
 
-
-def _stored_encoder(path: Path, meta: dict) -> str | None:
+def _stored_encoder(source: PolicyDirectory) -> str | None:
     """The encoder a policy directory names: the packaged default, its own copy, or a path."""
-    source = meta.get("text_encoder", DEFAULT_ENCODER)
-    if source == DEFAULT_ENCODER:
+    encoder = source.meta.get("text_encoder", DEFAULT_ENCODER)
+    if encoder == DEFAULT_ENCODER:
         return None
-    return str(path / source) if source == _ENCODER_DIR else source
-
-
-def _check_args(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"`policy.{name}` must be >= 1 (got {value})")
+    return str(source.path / encoder) if encoder == _ENCODER_DIR else encoder
 
 
 __all__ = ["CONDITIONINGS", "ReadingVLAPolicy", "spatial_softmax"]

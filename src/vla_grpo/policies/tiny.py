@@ -1,23 +1,15 @@
 """TorchRL's ``TinyVLA`` with a token head, as the CPU default policy."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from tensordict import NonTensorStack, TensorDict
 from torchrl.modules.vla import TinyVLA
 
 from vla_grpo.policies.base import TokenPolicyMixin
-from vla_grpo.policies.pretrained import (
-    load_state,
-    open_policy_dir,
-    optional_path,
-    save_state,
-    write_policy_json,
-)
+from vla_grpo.policies.pretrained import PretrainedPolicy, check_sizes
 
 
-class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
+class TinyVLAPolicy(PretrainedPolicy, TokenPolicyMixin, TinyVLA):
     """A small conv + MLP VLA with 256-bin action tokens (``TinyVLA(action_head="tokens")``).
 
     Args:
@@ -32,6 +24,9 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
             ``hidden_dim``/``vocab_size`` win, its suite dimensions must equal the configured ones.
     """
 
+    # its directory: vla_policy.json + model.safetensors (weights and action stats)
+    stored_sizes = {"vocab_size": "num_bins", "hidden_dim": "hidden_dim"}
+
     def __init__(
         self,
         action_dim: int = 7,
@@ -43,41 +38,29 @@ class TinyVLAPolicy(TokenPolicyMixin, TinyVLA):
         temperature: float = 1.0,
         pretrained_path: str | None = None,
     ) -> None:
-        pretrained_path = optional_path(pretrained_path)
-        meta = open_policy_dir(pretrained_path, type(self), action_dim=action_dim, chunk_size=chunk_size,
-                               state_dim=state_dim, image_size=image_size)
-        if meta is not None:
-            hidden_dim, vocab_size = int(meta["hidden_dim"]), int(meta["num_bins"])
-        for name, value in (("action_dim", action_dim), ("chunk_size", chunk_size),
-                            ("state_dim", state_dim), ("image_size", image_size),
-                            ("vocab_size", vocab_size)):
-            if value < 1:
-                raise ValueError(f"`policy.{name}` must be >= 1 (got {value})")
+        source, cfg = self.open_pretrained(pretrained_path, action_dim=action_dim, chunk_size=chunk_size,
+                                           state_dim=state_dim, image_size=image_size, vocab_size=vocab_size,
+                                           hidden_dim=hidden_dim)
+        check_sizes(action_dim=action_dim, chunk_size=chunk_size, state_dim=state_dim, image_size=image_size,
+                    vocab_size=cfg.vocab_size)
         super().__init__(
             action_dim=action_dim,
             chunk_size=chunk_size,
             action_head="tokens",
-            vocab_size=vocab_size,
-            hidden_dim=hidden_dim,
+            vocab_size=cfg.vocab_size,
+            hidden_dim=cfg.hidden_dim,
             log_probs_mode="token",
             output_mode="both",
             return_vla_action_container=False,
         )
         self.state_dim = int(state_dim)
         self.image_size = int(image_size)
-        self._init_token_policy(action_dim, vocab_size, temperature)
+        self._init_token_policy(action_dim, cfg.vocab_size, temperature)
         self._materialize()
-        if meta is not None:
-            load_state(self, Path(pretrained_path), meta)
+        self.load_pretrained(source)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``vla_policy.json`` + ``model.safetensors`` (weights and action stats); returns the directory."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_state(self, path)
-        write_policy_json(path, self, hidden_dim=self.hidden_dim)
-        return path
-
+    def policy_config(self) -> dict:
+        return {"hidden_dim": self.hidden_dim}
 
     def set_token_prior(self, log_prior: torch.Tensor) -> bool:
         """The bias of TinyVLA's ``[H * A * V]`` output layer (``head``) becomes the prior."""
