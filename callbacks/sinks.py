@@ -18,12 +18,15 @@ without them installed never touches them. Other loggers (``CSVLogger``) are ski
 from __future__ import annotations
 
 import importlib.util
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
 TENSORBOARD, WANDB, MLFLOW = "tensorboard", "wandb", "mlflow"
+#: files each W&B logger already watches (``policy="live"`` re-syncs a rewritten file by itself)
+_WATCHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def logger_kind(logger) -> str | None:
@@ -112,7 +115,10 @@ def log_file(logger, path: Path, *, folder: str = "") -> bool:
     a W&B run file (``run.save``, re-synced when rewritten); False for other loggers (TensorBoard)."""
     kind = logger_kind(logger)
     if kind == WANDB:
-        logger.experiment.save(str(path), base_path=str(path.parent), policy="live")
+        watched = _WATCHED.setdefault(logger, set())
+        if str(path) not in watched:
+            logger.experiment.save(str(path), base_path=str(path.parent), policy="live")
+            watched.add(str(path))
     elif kind == MLFLOW:
         logger.experiment.log_artifact(logger.run_id, str(path), _artifact_dir(path, folder))
     else:

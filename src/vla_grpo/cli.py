@@ -148,14 +148,34 @@ def _model_link(name: str):
     return compute
 
 
+#: jsonargparse's reasons a value is not one of a union's types: true of every failed branch, so they
+#: name no cause; the branch whose class raised (a logger that could not start) says what went wrong
+_UNION_NOISE = ("Not a valid subclass of", "Expected a <class", "Subclass types expect", "a class path",
+                "a dict with", "a dict without")
+
+
 def _root_message(err: BaseException) -> str:
     """First line of the innermost exception (jsonargparse wraps ours in its own), stopping at one
-    raised ``from None`` (ours: it names the file or field; what it replaced does not)."""
+    raised ``from None`` (ours: it names the file or field; what it replaced does not).
+
+    When that line is only "Not a valid subclass of ..." (a ``Union`` such as ``trainer.logger``,
+    one of whose classes raised while being built), the raising class's own message, from
+    jsonargparse's list of per-type errors, is the line instead.
+    """
+    messages = []
     while True:
+        messages.append(str(err).strip())
         inner = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
         if inner is None:
-            return str(err).strip().splitlines()[0]
+            break
         err = inner
+    root = messages[-1].splitlines()[0] if messages[-1] else ""
+    if root.startswith("Not a valid subclass of"):
+        bullets = [ln.strip()[2:] for m in messages for ln in m.splitlines() if ln.strip().startswith("- ")]
+        causes = [b for b in bullets if not b.startswith(_UNION_NOISE)]
+        if causes:
+            return causes[0]
+    return root
 
 
 def _check_config_files(argv: list[str]) -> str | None:
