@@ -83,3 +83,22 @@ def test_a_first_frame_that_fails_stops_fit_before_any_worker(tmp_path):
 def test_doctor_takes_no_arguments(tmp_path, argv):
     proc = _run(["doctor", *argv], tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: `doctor` takes no arguments")
+
+
+def test_on_a_gpu_machine_an_egl_device_outside_cuda_visible_devices_fails_with_the_fix(monkeypatch):
+    # no GPU here: torch.cuda is patched to show two devices (what `doctor` reads of it)
+    import torch
+
+    from vla_grpo.doctor import FAIL, OK, torch_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU{i}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "0")
+    checks = {c.name: c for c in torch_devices()}
+    assert checks["gpu"].status == OK and "2 CUDA device(s): GPU0, GPU1" in checks["gpu"].message
+    assert checks["egl device"].status == FAIL
+    assert checks["egl device"].message.endswith("fix: export MUJOCO_EGL_DEVICE_ID=2")
+    monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "3")
+    assert "egl device" not in {c.name for c in torch_devices()}
