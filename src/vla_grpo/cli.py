@@ -125,7 +125,8 @@ class VLACLI(LightningCLI):
         init_args = suite.init_args.as_dict() if getattr(suite, "init_args", None) is not None else {}
         try:
             self._render_check = start_suite_check(suite.class_path, init_args)
-        except (ImportError, AttributeError):  # a bad class_path: instantiation says so in its own line
+        except (ImportError, AttributeError, TypeError, ValueError):
+            # a bad class_path or init_args (not JSON): instantiation says so in its own line
             self._render_check = None
 
     def _await_render_check(self) -> None:

@@ -107,6 +107,8 @@ class Probe:
 
     def __init__(self, specs: list[dict], env: dict | None = None, timeout_s: float = 600.0) -> None:
         self.specs, self.timeout_s = specs, timeout_s
+        #: what :func:`finish_suite_check` remembers as rendered when this probe passes
+        self.key: tuple | None = None
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("MUJOCO_GL", "egl")
         self._proc = subprocess.Popen([sys.executable, "-m", "vla_grpo.glcheck", json.dumps(specs)],
