@@ -43,10 +43,11 @@ def _first_line(err: BaseException) -> str:
 
 def import_problem() -> str | None:
     """``import mujoco`` here (it loads the ``MUJOCO_GL`` backend's library): None, or one line with the fix."""
+    env = dict(os.environ)  # as the user set it: a failed backend import sets PYOPENGL_PLATFORM itself
     try:
         importlib.import_module("mujoco")
     except Exception as err:  # RuntimeError (bad name), ImportError/AttributeError (a library missing)
-        return explain(_first_line(err))
+        return explain(_first_line(err), env)
     return None
 
 
