@@ -2,9 +2,11 @@
 
 After each :class:`~vla_grpo.callbacks.SplitEvaluation` evaluation, rank 0
 rewrites ``eval_per_task.csv`` (every evaluation so far, one row per task),
-logs the latest table as TensorBoard text (``eval/per_task``) and redraws
-``eval_curve.png``: success vs GRPO step per split, beside a task x step
-heatmap. The history is kept in checkpoints, so a resumed run keeps its curve.
+redraws ``eval_curve.png`` (success vs GRPO step per split, beside a task x
+step heatmap) and sends the latest table to every logger as ``eval/per_task``
+(TensorBoard text, a W&B table, MLflow text; :mod:`vla_grpo.callbacks.sinks`),
+with the CSV and PNG as W&B run files / MLflow artifacts. The history is kept
+in checkpoints, so a resumed run keeps its curve.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import lightning as L
 
 from vla_grpo.envs.scene.evaluate import SplitResult, render_table
 
+from . import sinks
 from .split_eval import FIT, SplitEvalListener
 
 CSV_NAME = "eval_per_task.csv"
@@ -121,7 +124,7 @@ def plot_history(history: list[SplitResult], path: Path, title: str | None = Non
 
 
 class EvalReport(SplitEvalListener):
-    """Per-task CSV, TensorBoard text table and a success-vs-step PNG, after each evaluation.
+    """Per-task CSV, a table on every logger and a success-vs-step PNG, after each evaluation.
 
     Files go to ``dirpath`` (default ``<run dir>/eval``): ``eval_per_task.csv``
     and ``eval_curve.png`` (curves from the ``fit`` evaluations; from all of
@@ -130,7 +133,8 @@ class EvalReport(SplitEvalListener):
     Args:
         dirpath: where the CSV and PNG go.
         plot: draw the PNG.
-        tensorboard_text: log the table as TensorBoard text.
+        tensorboard_text: send the table to the loggers (TensorBoard text, a W&B table, MLflow
+            text) and the CSV and PNG as files (W&B run files, MLflow artifacts).
         title: the plot's title (``None``: the module and suite names).
     """
 
@@ -155,15 +159,24 @@ class EvalReport(SplitEvalListener):
         if not trainer.is_global_zero:
             return
         write_csv(self.history, self.csv_path())
-        if self.tensorboard_text:
-            for logger in trainer.loggers:
-                if hasattr(getattr(logger, "experiment", None), "add_text"):
-                    logger.experiment.add_text("eval/per_task", result_markdown(result), result.step)
         if self.plot:
             fit = sorted((r for r in self.history if r.stage == FIT), key=lambda r: r.step)
             suite = getattr(getattr(pl_module, "suite", None), "name", "")
             title = self.title or f"{type(pl_module).__name__} on {suite}: greedy eval"
             plot_history(fit or self.history, self.plot_path(), title)
+        if self.tensorboard_text:
+            self._send(trainer.loggers, result)
+
+    def _send(self, loggers, result: SplitResult) -> None:
+        """The table to every logger (TensorBoard text, W&B table, MLflow text), the CSV and PNG as files."""
+        markdown = result_markdown(result)
+        rows = [[row[c] for c in CSV_FIELDS] for row in result_rows(result)]
+        files = [self.csv_path()] + ([self.plot_path()] if self.plot else [])
+        for logger in loggers:
+            sinks.log_table(logger, "eval/per_task", markdown=markdown, columns=list(CSV_FIELDS), rows=rows,
+                            step=result.step)
+            for path in files:
+                sinks.log_file(logger, path, folder="eval")
 
     def state_dict(self) -> dict:
         return {"history": [r.to_dict() for r in self.history]}

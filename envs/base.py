@@ -139,6 +139,9 @@ class Suite:
     action_dim: int
     state_dim: int
     image_size: int
+    #: frames come from MuJoCo's offscreen GL (EGL/OSMesa): training checks, at start-up, that one
+    #: renders (in a subprocess, :mod:`vla_grpo.glcheck`). False for a suite that draws without GL.
+    renders_offscreen: bool = True
 
     def all_tasks(self) -> list[TaskSpec]:
         """Every task of the suite, in a fixed order (``task_index`` order)."""

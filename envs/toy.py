@@ -53,6 +53,7 @@ class ToyReachSuite(Suite):
 
     name = "toy_reach"
     action_dim = 2
+    renders_offscreen = False  # drawn with torch: no GL, no start-up render check
     state_dim = 6
 
     def __init__(

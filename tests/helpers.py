@@ -1,6 +1,9 @@
 """Small builders shared by tests (real TensorDicts in the trainer's layout)."""
 from __future__ import annotations
 
+import importlib.util
+
+import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
@@ -98,3 +101,20 @@ def toy_policy(seed: int = 0) -> TinyVLAPolicy:
     torch.manual_seed(seed)
     return TinyVLAPolicy(action_dim=2, chunk_size=4, state_dim=6, image_size=16, hidden_dim=32,
                          vocab_size=32, temperature=1.6)
+
+
+def read_video(path) -> np.ndarray:
+    """The frames ``[T, H, W, 3]`` uint8 of a GIF or an MP4 (with PyAV, or imageio-ffmpeg's reader)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix == ".gif" or importlib.util.find_spec("av") is not None:
+        import imageio.v3 as iio
+
+        return iio.imread(path, index=None, plugin=None if path.suffix == ".gif" else "pyav")
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    w, h = meta["size"]
+    return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])

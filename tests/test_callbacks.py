@@ -9,13 +9,13 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import SimpleNamespace
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from tests.helpers import read_video
 from vla_grpo.callbacks import EvalReport, SplitEvaluation, SplitResult
 from vla_grpo.callbacks.report import read_csv
 from vla_grpo.cli import main
@@ -91,8 +91,9 @@ def test_fit_and_validate_write_videos_plot_csv_and_per_task_metrics(tmp_path, c
     assert [s for s, _ in scalars["eval/unseen_layout/red"]] == [0, 1, 2]
     assert [s for s, _ in scalars["eval/train/success"]][0] == 0
 
-    gif = iio.imread(run / "eval/videos/step_000002/unseen_layout.gif", index=None)
-    assert gif.ndim == 4 and gif.shape[0] > 1 and gif.shape[-1] == 3
+    # an MP4 with the [video] extra, else a GIF (tests/test_video.py checks each)
+    video = read_video(next((run / "eval/videos/step_000002").glob("unseen_layout.*")))
+    assert video.ndim == 4 and video.shape[0] > 1 and video.shape[-1] == 3
     with Image.open(run / "eval/eval_curve.png") as png:
         assert png.format == "PNG" and png.size[0] > 600
     rows = list(csv.DictReader((run / "eval/eval_per_task.csv").open()))
@@ -141,15 +142,17 @@ def test_a_gif_reaches_tensorboard_from_an_open_and_from_a_closed_writer(tmp_pat
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from vla_grpo.callbacks.video import log_video, write_gif
+    from vla_grpo.callbacks.sinks import log_video
+    from vla_grpo.callbacks.video import write_gif
 
     clip = np.zeros((3, 8, 8, 3), dtype=np.uint8)
     clip[1:, 2:6, 2:6] = 255
-    gif = write_gif(clip, tmp_path / "clip.gif", fps=4.0)
+    path = tmp_path / "clip.gif"
+    gif = write_gif(clip, path, fps=4.0)
     logger = TensorBoardLogger(tmp_path, name="tb")
-    assert log_video(logger, "eval_video/train", clip, gif, step=1, fps=4.0)
+    assert log_video(logger, "eval_video/train", path, step=1, clip=clip, gif=gif, fps=4.0)
     logger.experiment.close()  # as after a finished fit: the writer has no open file any more
-    assert log_video(logger, "eval_video/train", clip, gif, step=2, fps=4.0)
+    assert log_video(logger, "eval_video/train", path, step=2, clip=clip, gif=gif, fps=4.0)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     images = events.Images("eval_video/train")

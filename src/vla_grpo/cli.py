@@ -3,8 +3,11 @@
 Every part is swappable by ``class_path`` (model, policy, suite, loss,
 callbacks); ``python -m vla_grpo fit --help`` lists every knob and
 ``python -m vla_grpo fit --model.help vla_grpo.module.GRPOModule`` a class's own.
-Other subcommands (``demos``) live in :mod:`vla_grpo.commands`, the default
-progress bar in :mod:`vla_grpo.progress`.
+Other subcommands (``demos``, ``doctor``) live in :mod:`vla_grpo.commands`, the
+default progress bar in :mod:`vla_grpo.progress`. Before ``fit``/``validate``/``test``
+build a simulator, MuJoCo's GL backend is checked (:mod:`vla_grpo.glcheck`): a
+frame of the configured suite renders in a subprocess, or the run stops with
+one line naming the fix.
 """
 from __future__ import annotations
 
@@ -107,6 +110,43 @@ class VLACLI(LightningCLI):
             chosen = ", ".join(f"{k}={trainer.get(k)!r}" for k in ("accelerator", "devices", "strategy"))
             self.parser.error(f"`--trainer` ({chosen}): {_root_message(err)}")
 
+    # -- the rendering check: one frame of the configured suite in a subprocess, started before the
+    # classes are built (it overlaps with that) and awaited before fit/validate/test starts a worker
+    def before_instantiate_classes(self) -> None:
+        self._render_check = None
+        if self.subcommand is None:  # run=False (a tool reading the config): nothing will roll out
+            return
+        suite = getattr(self._section(self.config, "model", default=None), "init_args", None)
+        suite = getattr(suite, "suite", None)
+        if getattr(suite, "class_path", None) is None:
+            return
+        from vla_grpo.glcheck import start_suite_check
+
+        init_args = suite.init_args.as_dict() if getattr(suite, "init_args", None) is not None else {}
+        try:
+            self._render_check = start_suite_check(suite.class_path, init_args)
+        except (ImportError, AttributeError, TypeError, ValueError):
+            # a bad class_path or init_args (not JSON): instantiation says so in its own line
+            self._render_check = None
+
+    def _await_render_check(self) -> None:
+        from vla_grpo.glcheck import finish_suite_check
+
+        problem = finish_suite_check(getattr(self, "_render_check", None))
+        self._render_check = None
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(1)
+
+    def before_fit(self) -> None:
+        self._await_render_check()
+
+    def before_validate(self) -> None:
+        self._await_render_check()
+
+    def before_test(self) -> None:
+        self._await_render_check()
+
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         # Lightning reads --ckpt_path's hyperparameters right after parsing, and a truncated file
@@ -148,14 +188,34 @@ def _model_link(name: str):
     return compute
 
 
+#: jsonargparse's reasons a value is not one of a union's types: true of every failed branch, so they
+#: name no cause; the branch whose class raised (a logger that could not start) says what went wrong
+_UNION_NOISE = ("Not a valid subclass of", "Expected a <class", "Subclass types expect", "a class path",
+                "a dict with", "a dict without")
+
+
 def _root_message(err: BaseException) -> str:
     """First line of the innermost exception (jsonargparse wraps ours in its own), stopping at one
-    raised ``from None`` (ours: it names the file or field; what it replaced does not)."""
+    raised ``from None`` (ours: it names the file or field; what it replaced does not).
+
+    When that line is only "Not a valid subclass of ..." (a ``Union`` such as ``trainer.logger``,
+    one of whose classes raised while being built), the raising class's own message, from
+    jsonargparse's list of per-type errors, is the line instead.
+    """
+    messages = []
     while True:
+        messages.append(str(err).strip())
         inner = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
         if inner is None:
-            return str(err).strip().splitlines()[0]
+            break
         err = inner
+    root = messages[-1].splitlines()[0] if messages[-1] else ""
+    if root.startswith("Not a valid subclass of"):
+        bullets = [ln.strip()[2:] for m in messages for ln in m.splitlines() if ln.strip().startswith("- ")]
+        causes = [b for b in bullets if not b.startswith(_UNION_NOISE)]
+        if causes:
+            return causes[0]
+    return root
 
 
 def _check_config_files(argv: list[str]) -> str | None:
@@ -208,14 +268,24 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
         return
-    from vla_grpo.checkpoint import CheckpointWriteError
-    from vla_grpo.envs.demos import DemoFileError
-    from vla_grpo.guard import NonFiniteUpdatesError
-
     problem = _check_config_files(argv)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    if argv and argv[0] in ("fit", "validate", "test"):
+        # `import mujoco` loads the MUJOCO_GL backend; every config imports it (TorchRL does, and so do
+        # the imports below), and a bad backend breaks it with a traceback: one line with the fix
+        # instead (the frame of the configured suite is checked in VLACLI.before_fit)
+        from vla_grpo.glcheck import import_problem
+
+        problem = import_problem()
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(1)
+    from vla_grpo.checkpoint import CheckpointWriteError
+    from vla_grpo.envs.demos import DemoFileError
+    from vla_grpo.guard import NonFiniteUpdatesError
+
     try:
         # args=None: LightningCLI reads sys.argv itself (passing both makes it warn)
         VLACLI(args=None if args is None else argv)

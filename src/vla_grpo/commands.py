@@ -16,7 +16,14 @@ def demos(argv: list[str]) -> None:
     main(argv)
 
 
-#: subcommand -> its runner, given the arguments after the subcommand
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"demos": demos}
+def doctor(argv: list[str]) -> None:
+    """``python -m vla_grpo doctor``: check rendering, simulator workers, LIBERO, torch devices (:mod:`vla_grpo.doctor`)."""
+    from vla_grpo.doctor import main
 
-__all__ = ["COMMANDS", "demos"]
+    main(argv)
+
+
+#: subcommand -> its runner, given the arguments after the subcommand
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"demos": demos, "doctor": doctor}
+
+__all__ = ["COMMANDS", "demos", "doctor"]
