@@ -15,7 +15,10 @@ QUICKSTART_TINY = ["-c", "conf/quickstart.yaml", "--trainer.max_steps=1", "--mod
 
 
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "MUJOCO_EGL_DEVICE_ID")}
+    # PYOPENGL_PLATFORM too: importing mujoco under EGL sets it in this process (an earlier test may
+    # have), and a user's shell with a bad MUJOCO_GL has none
+    gl = ("MUJOCO_GL", "MUJOCO_EGL_DEVICE_ID", "PYOPENGL_PLATFORM")
+    full = {k: v for k, v in os.environ.items() if k not in gl}
     full.update({"MUJOCO_GL": "egl", "PYTHONWARNINGS": "ignore", **env})
     return subprocess.run([sys.executable, "-m", "vla_grpo", *args], cwd=ROOT, env=full, capture_output=True,
                           text=True, timeout=600)

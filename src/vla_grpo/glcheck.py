@@ -62,6 +62,14 @@ def _suite_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def _build(spec: dict):
+    """The object a ``{"class_path", "init_args"}`` spec names; nested specs in ``init_args`` (a
+    wrapper suite's ``suite``) are built first, as the CLI builds them."""
+    args = {k: _build(v) if isinstance(v, dict) and "class_path" in v else v
+            for k, v in (spec.get("init_args") or {}).items()}
+    return _suite_class(spec["class_path"])(**args)
+
+
 def needs_gl(class_path: str) -> bool:
     """Whether a suite class renders through MuJoCo's GL (``Suite.renders_offscreen``; toy: drawn by torch)."""
     return bool(getattr(_suite_class(class_path), "renders_offscreen", True))
@@ -81,7 +89,7 @@ def _render(spec: dict) -> dict:
         return {"shape": list(frame.shape), "blank": bool(frame.std() == 0)}
     from vla_grpo.prompts import Prompt, prompt_reset_td
 
-    suite = _suite_class(spec["class_path"])(**spec.get("init_args", {}))
+    suite = _build(spec)
     env = suite.make_env(1, chunk_size=1, seed=0)
     try:
         image = env.reset(prompt_reset_td([Prompt(0, 0)], [0]))["observation", "image"]
