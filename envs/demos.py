@@ -1,4 +1,4 @@
-"""Scripted demonstrations in the LIBERO / robomimic HDF5 layout.
+"""Scripted demonstrations in the LIBERO / robomimic HDF5 layout, and the `demos` command (HDF5 or LeRobot).
 
 Layout written by :func:`write_demos` (one control step per row, the
 observation *before* the action, like robomimic)::
