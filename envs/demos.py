@@ -1,4 +1,4 @@
-"""Scripted demonstrations in the LIBERO / robomimic HDF5 layout.
+"""Scripted demonstrations in the LIBERO / robomimic HDF5 layout, and the `demos` command (HDF5 or LeRobot).
 
 Layout written by :func:`write_demos` (one control step per row, the
 observation *before* the action, like robomimic)::
@@ -19,6 +19,10 @@ Command line (also reached as ``python -m vla_grpo demos ...``)::
     python -m vla_grpo.envs.demos --out spatial.hdf5 --tasks spatial/behind_plate,spatial/left_side --per-task 5
     python -m vla_grpo.envs.demos --suite bimanual --out bimanual.hdf5 --tasks train --per-task 2 --image-size 64
     python -m vla_grpo.envs.demos --suite libero_spatial --out spatial.hdf5 --per-task 1   # pip install -e '.[libero]'
+    python -m vla_grpo demos --out demos_lerobot --format lerobot --tasks train --per-task 1  # pip install -e '.[lerobot]'
+    python -m vla_grpo demos --out demos_lerobot --format lerobot --from demos.hdf5          # convert a demo file
+
+``--format lerobot`` writes a LeRobotDataset v3.0 directory instead (:mod:`.lerobot_demos`).
 
 Demos use the task's initial states ``first_state, first_state + 1, ...`` and
 skip (and report) the rare state where the expert fails.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,18 +117,57 @@ def record_episode(env, task_index: int, init_state_id: int) -> dict[str, np.nda
     return {k: np.stack(v) for k, v in rows.items() if v}
 
 
-def _write_demo(group: h5py.Group, ep: dict[str, np.ndarray], attrs: dict) -> None:
-    img = {"compression": "gzip", "compression_opts": 4, "chunks": (1, *ep["images"].shape[1:])}
-    group.create_dataset("actions", data=ep["actions"].astype(np.float32))
-    group.create_dataset(IMAGE, data=ep["images"].astype(np.uint8), **img)
-    if "wrist" in ep:
-        group.create_dataset(WRIST_IMAGE, data=ep["wrist"].astype(np.uint8), **img)
-    group.create_dataset(STATE, data=ep["states"].astype(np.float32))
-    group.create_dataset("rewards", data=ep["rewards"].astype(np.float32))
-    group.create_dataset("dones", data=ep["dones"].astype(np.uint8))
-    group.attrs["num_samples"] = len(ep["actions"])
+def _write_demo(group: h5py.Group, demo: Demo, attrs: dict) -> None:
+    img = {"compression": "gzip", "compression_opts": 4, "chunks": (1, *demo.images.shape[1:])}
+    group.create_dataset("actions", data=demo.actions.astype(np.float32))
+    group.create_dataset(IMAGE, data=demo.images.astype(np.uint8), **img)
+    if demo.wrist_images is not None:
+        group.create_dataset(WRIST_IMAGE, data=demo.wrist_images.astype(np.uint8), **img)
+    group.create_dataset(STATE, data=demo.states.astype(np.float32))
+    group.create_dataset("rewards", data=demo.rewards.astype(np.float32))
+    group.create_dataset("dones", data=demo.dones.astype(np.uint8))
+    group.attrs["num_samples"] = len(demo)
     for key, value in attrs.items():
         group.attrs[key] = value
+
+
+def expert_demos(
+    suite: Suite,
+    tasks: str | Sequence[str | int] = "train",
+    per_task: int = 1,
+    *,
+    first_state: int = 0,
+    progress: bool = True,
+    counts: dict[str, int] | None = None,
+) -> Iterator[Demo]:
+    """``per_task`` successful expert demos of each task, recorded one at a time (arguments: :func:`write_demos`).
+
+    ``counts``, when given, is updated to ``{"demos": written, "skipped": expert failures skipped}``.
+    """
+    from tqdm.auto import tqdm
+
+    counts = {} if counts is None else counts
+    counts.update(demos=0, skipped=0)
+    indices = resolve_tasks(suite, tasks)
+    specs = suite.all_tasks()
+    env = suite.make_env(1, chunk_size=1)
+    bar = tqdm(total=len(indices) * per_task, desc="demos", unit="demo", disable=not progress)
+    try:
+        for t in indices:
+            state, done = first_state, 0
+            while done < per_task and state < specs[t].num_init_states:
+                ep = record_episode(env, t, state)
+                state += 1
+                if ep is None:
+                    counts["skipped"] += 1
+                    continue
+                yield Demo(ep["actions"], ep["images"], ep["states"], ep["rewards"], ep["dones"],
+                           specs[t].instruction, specs[t].name, t, state - 1, ep.get("wrist"))
+                counts["demos"], done = counts["demos"] + 1, done + 1
+                bar.update(1)
+    finally:
+        bar.close()
+        env.close()
 
 
 def write_demos(
@@ -149,35 +192,20 @@ def write_demos(
     Returns:
         ``{"demos": written, "skipped": expert failures skipped}``.
     """
-    from tqdm.auto import tqdm
-
-    indices = resolve_tasks(suite, tasks)
+    counts: dict[str, int] = {}
     specs = suite.all_tasks()
-    env = suite.make_env(1, chunk_size=1)
-    written = skipped = 0
-    bar = tqdm(total=len(indices) * per_task, desc="demos", unit="demo", disable=not progress)
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
-        for t in indices:
-            state, done = first_state, 0
-            while done < per_task and state < specs[t].num_init_states:
-                ep = record_episode(env, t, state)
-                state += 1
-                if ep is None:
-                    skipped += 1
-                    continue
-                spec = specs[t]
-                attrs = {"instruction": spec.instruction, "task_name": spec.name, "task_index": t,
-                         "init_state_id": state - 1, "split": spec.split, "family": spec.family}
-                _write_demo(data.create_group(f"demo_{written}"), ep, attrs)
-                written, done = written + 1, done + 1
-                bar.update(1)
+        for i, demo in enumerate(expert_demos(suite, tasks, per_task, first_state=first_state, progress=progress,
+                                              counts=counts)):
+            spec = specs[demo.task_index]
+            attrs = {"instruction": demo.instruction, "task_name": demo.task_name, "task_index": demo.task_index,
+                     "init_state_id": demo.init_state_id, "split": spec.split, "family": spec.family}
+            _write_demo(data.create_group(f"demo_{i}"), demo, attrs)
         data.attrs["total"] = sum(int(data[k].attrs["num_samples"]) for k in data)
         data.attrs["env_args"] = json.dumps({"env_name": suite.name, "image_size": suite.image_size,
                                              "state_dim": suite.state_dim, "action_dim": suite.action_dim})
-    bar.close()
-    env.close()
-    return {"demos": written, "skipped": skipped}
+    return counts
 
 
 # -- reading ---------------------------------------------------------------
@@ -249,10 +277,14 @@ def read_demos(path: str | Path) -> list[Demo]:
 
 
 # -- command line ----------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """Write expert demos of a built-in suite (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="vla_grpo demos", description="Write scripted demos (robomimic HDF5).")
-    parser.add_argument("--out", required=True, help="output .hdf5 file")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla_grpo demos",
+                                     description="Write scripted demos (robomimic HDF5, or a LeRobotDataset v3.0 directory).")
+    parser.add_argument("--out", required=True, help="output .hdf5 file, or directory with --format lerobot")
+    parser.add_argument("--format", default="hdf5", choices=("hdf5", "lerobot"),
+                        help="hdf5: robomimic layout; lerobot: LeRobotDataset v3.0 (pip install -e '.[lerobot]')")
+    parser.add_argument("--from", dest="source", default=None, metavar="HDF5",
+                        help="with --format lerobot: convert this demo file instead of running the experts")
     parser.add_argument("--suite", default="tabletop", choices=("tabletop", "bimanual") + LIBERO_SUITES,
                         help="built-in suite, or a LIBERO suite (its LIBERO-PRO variants as splits)")
     parser.add_argument("--tasks", default="train", help="split name, 'all', or comma-separated task names")
@@ -261,30 +293,74 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--wrist-camera", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.per_task < 1:
-        parser.error(f"--per-task must be >= 1 (got {args.per_task})")
+    video = parser.add_argument_group("--format lerobot: the MP4s (docs/data.md measures the frame error)")
+    video.add_argument("--fps", type=int, default=None, help="frames per second (default: the suite's control rate)")
+    video.add_argument("--video-codec", default="libx264", help="FFmpeg encoder: libx264, libsvtav1, libx264rgb")
+    video.add_argument("--pix-fmt", default="yuv420p", help="yuv420p (plays everywhere) or yuv444p (full colour)")
+    video.add_argument("--crf", type=int, default=18, help="quality, lower is better (0: lossless)")
+    return parser
+
+
+def _suite(args, parser) -> Suite:
     if args.suite in LIBERO_SUITES:
         from .libero import LiberoSuite
 
         try:
-            suite = LiberoSuite(args.suite, image_size=args.image_size, wrist_camera=args.wrist_camera)
+            return LiberoSuite(args.suite, image_size=args.image_size, wrist_camera=args.wrist_camera)
         except ImportError as err:
             parser.error(str(err))
-    elif args.suite == "bimanual":
+    if args.suite == "bimanual":
         if args.wrist_camera:
             parser.error("--wrist-camera: the bimanual suite has one agent-view camera")
         from .bimanual import BimanualSuite
 
-        suite = BimanualSuite(image_size=args.image_size)
-    else:
-        from .tabletop import TabletopSuite
+        return BimanualSuite(image_size=args.image_size)
+    from .tabletop import TabletopSuite
 
-        suite = TabletopSuite(image_size=args.image_size, wrist_camera=args.wrist_camera)
+    return TabletopSuite(image_size=args.image_size, wrist_camera=args.wrist_camera)
+
+
+def _write_lerobot(suite: Suite, args) -> dict[str, int]:
+    from .lerobot_demos import LeRobotWriter
+    from .scene.mjcf import TIMESTEP
+    from .scene.sim import SUBSTEPS
+
+    # the built-in suites step at 50 Hz (two 10 ms substeps); LIBERO's robosuite control_freq is 20 Hz
+    fps = args.fps or (20 if args.suite in LIBERO_SUITES else round(1 / (TIMESTEP * SUBSTEPS)))
+    counts: dict[str, int] = {"skipped": 0}
+    demos = read_demos(args.source) if args.source else expert_demos(
+        suite, args.tasks, args.per_task, first_state=args.first_state, progress=not args.quiet, counts=counts)
+    with LeRobotWriter(args.out, fps, suite.name, codec=args.video_codec, pix_fmt=args.pix_fmt,
+                       crf=args.crf) as writer:
+        for demo in demos:
+            writer.add(demo)
+    counts["demos"] = len(writer.episodes)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write expert demos of a built-in suite (see the module docstring)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.per_task < 1:
+        parser.error(f"--per-task must be >= 1 (got {args.per_task})")
+    if args.source and args.format != "lerobot":
+        parser.error("--from converts an HDF5 demo file to --format lerobot")
+    if args.format == "lerobot":
+        try:
+            import av  # noqa: F401
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError as err:
+            parser.error(f"--format lerobot needs the lerobot extra ({err.name or err}): pip install -e '.[lerobot]'")
+    suite = _suite(args, parser)
     try:
-        summary = write_demos(suite, args.out, args.tasks, args.per_task, first_state=args.first_state,
-                              progress=not args.quiet)
-    except ValueError as err:
+        if args.format == "lerobot":
+            summary = _write_lerobot(suite, args)
+        else:
+            summary = write_demos(suite, args.out, args.tasks, args.per_task, first_state=args.first_state,
+                                  progress=not args.quiet)
+    except (ValueError, FileExistsError) as err:
         parser.error(str(err))
     print(f"wrote {summary['demos']} demos to {args.out} ({summary['skipped']} expert failures skipped)")
     return 0

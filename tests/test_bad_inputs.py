@@ -82,6 +82,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "validate, missing checkpoint": (["validate", "-c", TOY, "--ckpt_path=/nonexistent.ckpt"], "/nonexistent.ckpt"),
     # demo files
     "demo file not HDF5": (["fit", "-c", SFT, "--data.demo_file={demos}"], "{demos}"),
+    "demo file a folder without meta/info.json": (["fit", "-c", SFT, "--data.demo_file={tmp}"], "meta/info.json"),
+    "unknown demo format": (["fit", "-c", SFT, "--data.format=zarr"], "`--data.format`"),
+    "lerobot format without a directory": (["fit", "-c", SFT, "--data.format=lerobot"], "`--data.demo_file`"),
+    "unknown LeRobot key role": (["fit", "-c", SFT, "--data.lerobot_keys={{camera: x}}"], "['camera']"),
     # policy / suite mismatch
     "policy action size vs suite": (["fit", "-c", TOY, "--model.policy.init_args.action_dim=3"], "action"),
     # devices and strategies

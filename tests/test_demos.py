@@ -1,6 +1,8 @@
 """Tests of the demo writer/reader (robomimic HDF5 layout) on the tabletop suite."""
 from __future__ import annotations
 
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -122,3 +124,14 @@ def test_main_cli(tmp_path, capsys):
     demos = read_demos(out)
     assert len(demos) == 1 and demos[0].init_state_id == 5 and demos[0].images.shape[1:] == (24, 24, 3)
     assert "wrote 1 demos" in capsys.readouterr().out
+
+
+def test_lerobot_format_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if the lerobot extra were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "lerobot"), "--format", "lerobot", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pip install -e '.[lerobot]'" in err.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x.hdf5"), "--from", "demos.hdf5"])  # --from converts to lerobot only
+    assert "--from" in capsys.readouterr().err

@@ -1,5 +1,9 @@
 """The SFT DataModule: a suite's demo file (written by its scripted experts when missing) as windows.
 
+The demos come from a robomimic HDF5 file (:func:`vla_grpo.envs.demos.read_demos`) or a local
+LeRobotDataset directory (:func:`vla_grpo.data.lerobot.read_lerobot`, the ``lerobot`` extra):
+``--data.demo_file`` picks, a directory holding ``meta/info.json`` being LeRobot's (docs/data.md).
+
 The suite, the policy's chunk size and the greedy eval episodes are the
 model's: LightningCLI links them into the data module
 (:meth:`vla_grpo.cli.VLACLI.add_arguments_to_parser`, from
@@ -21,11 +25,15 @@ from torch.utils.data import DataLoader
 
 from vla_grpo.args import at_least
 from vla_grpo.data.augment import color_jitter, random_shift
+from vla_grpo.data.lerobot import is_lerobot_dir, read_lerobot
+from vla_grpo.data.lerobot import lerobot_keys as checked_keys
 from vla_grpo.data.windows import DemoWindows, batch_is_ready
 from vla_grpo.envs.base import Suite
 from vla_grpo.envs.demos import Demo, DemoFileError, read_demos
 from vla_grpo.evaluation import EvalSpec
 from vla_grpo.keys import IMAGE_KEY
+
+FORMATS = ("auto", "hdf5", "lerobot")
 
 
 def model_links(model) -> dict:
@@ -53,8 +61,13 @@ class DemoDataModule(L.LightningDataModule):
     Args:
         demos_per_task: demos used per task (the first ones of each task in the
             file); 0 trains nothing (see :meth:`SFTModule.on_fit_end`).
-        demo_file: an HDF5 demo file; written with the suite's scripted experts
-            when missing. None: ``<cache_dir>/<suite>_<size>px_<tasks>_<n>x_from<first_state>.hdf5``.
+        demo_file: an HDF5 demo file, written with the suite's scripted experts
+            when missing (None: ``<cache_dir>/<suite>_<size>px_<tasks>_<n>x_from<first_state>.hdf5``),
+            or a LeRobotDataset directory (``vla_grpo demos --format lerobot`` writes one).
+        format: ``"auto"`` (a directory with ``meta/info.json`` is LeRobot's, anything else
+            HDF5), ``"hdf5"`` or ``"lerobot"``.
+        lerobot_keys: which LeRobot features play ``image``, ``state``, ``action`` (and
+            ``wrist``); unset roles keep :data:`vla_grpo.data.lerobot.DEFAULT_KEYS`.
         cache_dir: where generated demo files go when ``demo_file`` is None.
         tasks: a split name, ``"all"``, or comma-separated task names to clone.
         first_state: first initial-state id of generated demos; at or above
@@ -74,6 +87,8 @@ class DemoDataModule(L.LightningDataModule):
         self,
         demos_per_task: int = 1,
         demo_file: str | None = None,
+        format: str = "auto",
+        lerobot_keys: dict[str, str] | None = None,
         cache_dir: str = "runs/demos",
         tasks: str = "train",
         first_state: int = 25,  # eval uses states 0..eval_states_per_task-1
@@ -94,10 +109,20 @@ class DemoDataModule(L.LightningDataModule):
         if suite is None:
             raise ValueError("`--data.suite` is not set: the CLI links it from `--model.suite`; "
                              "in Python pass **vla_grpo.data.model_links(model)")
-        if demo_file is not None and Path(demo_file).is_file() and not h5py.is_hdf5(demo_file):
+        if format not in FORMATS:
+            raise ValueError(f"`--data.format` must be one of {list(FORMATS)} (got {format!r})")
+        if format == "lerobot" and demo_file is None:
+            raise ValueError("`--data.format=lerobot` reads `--data.demo_file`=<a LeRobot dataset directory>; it is not set")
+        checked_keys(lerobot_keys)  # an unknown role fails here, before anything runs
+        lerobot = format == "lerobot" or (format == "auto" and is_lerobot_dir(demo_file))
+        if not lerobot and demo_file is not None and Path(demo_file).is_dir():
+            raise DemoFileError(f"{demo_file}: a directory without meta/info.json; expected an HDF5 demo file "
+                                "or a LeRobot dataset directory")
+        if not lerobot and demo_file is not None and Path(demo_file).is_file() and not h5py.is_hdf5(demo_file):
             # before the run starts writing anything (its full layout is checked when read, in setup)
             raise DemoFileError(f"{demo_file}: not an HDF5 file; expected a demo file from vla_grpo.envs.demos")
         self.save_hyperparameters(ignore=["suite"])
+        self.lerobot = lerobot
         self.suite = suite
         self.eval_spec = EvalSpec(eval_splits, eval_states_per_task, eval_batch_size)
         self.dataset: DemoWindows | None = None
@@ -117,6 +142,9 @@ class DemoDataModule(L.LightningDataModule):
         if self.hparams.demos_per_task == 0:
             return
         path = self.demo_path()
+        if self.lerobot and not is_lerobot_dir(path):
+            raise DemoFileError(f"{path}: not a LeRobot dataset directory (no meta/info.json); "
+                                "expected one from `vla_grpo demos --format lerobot` or LeRobot")
         if path.exists():
             return
         from vla_grpo.envs.demos import write_demos
@@ -152,7 +180,7 @@ class DemoDataModule(L.LightningDataModule):
         path = self.demo_path()
         wanted = [self.suite.all_tasks()[i].name for i in resolve_tasks(self.suite, self.hparams.tasks)]
         by_task: dict[str, list[Demo]] = {name: [] for name in wanted}
-        for demo in read_demos(path):
+        for demo in self._read(path):
             if demo.task_name in by_task and len(by_task[demo.task_name]) < n:
                 by_task[demo.task_name].append(demo)
         short = [f"{name} ({len(got)})" for name, got in by_task.items() if len(got) < n]
@@ -160,6 +188,10 @@ class DemoDataModule(L.LightningDataModule):
             raise DemoFileError(f"{path}: fewer than `--data.demos_per_task`={n} demos for {', '.join(short[:3])}"
                                 f"{' ...' if len(short) > 3 else ''}")
         return [d for name in wanted for d in by_task[name]]
+
+    def _read(self, path: Path) -> list[Demo]:
+        # the lerobot extra (datasets, av) is imported inside read_lerobot, only when it runs
+        return read_lerobot(path, self.suite, self.hparams.lerobot_keys) if self.lerobot else read_demos(path)
 
     def _warn_on_eval_overlap(self) -> None:
         eval_states = self.eval_spec.states_per_task
