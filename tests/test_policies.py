@@ -1,12 +1,13 @@
 """The policy contract, for every registered policy, plus the transformers VLA's own promises.
 
-Every class in ``vla_grpo.policies.POLICIES`` is built at tiny sizes for the
-toy suite and must: write tokens / per-token log-probs / a decoded chunk;
-score its own samples to the same log-probs at the rollout temperature (the
-GRPO ratio is 1 before the first update); decode greedily and
-deterministically; survive save -> load and deepcopy unchanged; pass gradients
-to every weight; name an imitation loss that trains it; and refuse a wrong
-directory with one line.
+Every class in ``vla_grpo.policies.POLICIES`` (token and flow heads; the flow VLA
+with each velocity network) is built at tiny sizes for the toy suite and must:
+write a chunk and log-probs with ``tokens_per_decision`` entries per decision
+(token heads: tokens too); score its own samples to the same log-probs at the
+rollout temperature (the GRPO ratio is 1 before the first update); decode
+greedily and deterministically; survive save -> load and deepcopy unchanged;
+pass gradients to every weight; name an imitation loss that trains it; and
+refuse a wrong directory with one line.
 """
 from __future__ import annotations
 
@@ -22,7 +23,14 @@ from torchrl.data.vla import VocabTailActionTokenizer
 from vla_grpo.envs.toy import ToyReachSuite
 from vla_grpo.keys import ACTION_CHUNK_KEY, ACTION_TOKENS_KEY, PAD_KEY, SAMPLE_LOG_PROBS_KEY
 from vla_grpo.losses import ImitationLoss
-from vla_grpo.policies import POLICIES, HFVLAPolicy, ReadingVLAPolicy, TinyVLAPolicy
+from vla_grpo.policies import (
+    POLICIES,
+    TOKEN_POLICIES,
+    FlowVLAPolicy,
+    HFVLAPolicy,
+    ReadingVLAPolicy,
+    TinyVLAPolicy,
+)
 from vla_grpo.policies.pretrained import POLICY_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,15 +42,35 @@ TINY_SIZES = {
     ReadingVLAPolicy: dict(hidden_dim=32, channels=(8, 8, 8, 8), text_dim=16),
     TinyVLAPolicy: dict(hidden_dim=32),
     HFVLAPolicy: dict(patch_size=4, vision_hidden=32, text_hidden=32, layers=1, heads=2),
+    FlowVLAPolicy: dict(hidden_dim=32, channels=(8, 8, 8, 8), text_dim=16, velocity_width=32),
 }
 #: a file of each policy's directory whose absence must be reported by name
 WEIGHT_FILE = {ReadingVLAPolicy: "model.safetensors", TinyVLAPolicy: "model.safetensors",
-               HFVLAPolicy: "heads.safetensors"}
+               HFVLAPolicy: "heads.safetensors", FlowVLAPolicy: "model.safetensors"}
+
+
+class Variant:
+    """A registered policy class built with some extra arguments (the flow VLA with its π0-style expert)."""
+
+    def __init__(self, cls, name: str | None = None, **args) -> None:
+        self.cls, self.name, self.args = cls, name or cls.__name__, args
+
+    def __call__(self, **kwargs):
+        return self.cls(**{**self.args, **kwargs})
+
+
+#: every registered policy, and the flow VLA's second velocity network
+VARIANTS = [Variant(cls) for cls in POLICIES] + [Variant(FlowVLAPolicy, "FlowVLAPolicy-expert", velocity="expert")]
 
 
 def make_policy(cls, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return cls(**{**DIMS, **TINY_SIZES.get(cls, {}), "temperature": TEMPERATURE, **overrides})
+    sizes = TINY_SIZES.get(getattr(cls, "cls", cls), {})
+    return cls(**{**DIMS, **sizes, "temperature": TEMPERATURE, **overrides})
+
+
+def is_token(policy) -> bool:
+    return isinstance(policy, TOKEN_POLICIES)
 
 
 def observations(n: int = 6) -> TensorDict:
@@ -60,20 +88,25 @@ def observations(n: int = 6) -> TensorDict:
     return env.reset(reset)
 
 
-@pytest.fixture(params=POLICIES, ids=lambda c: c.__name__)
+@pytest.fixture(params=VARIANTS, ids=lambda v: v.name)
 def policy_cls(request):
     return request.param
 
 
-def test_act_writes_tokens_log_probs_and_chunk(policy_cls):
+def test_act_writes_log_probs_and_chunk(policy_cls):
     policy = make_policy(policy_cls)
     out = policy.act(observations())
     H, A = DIMS["chunk_size"], DIMS["action_dim"]
-    tokens, log_probs, chunk = out[ACTION_TOKENS_KEY], out[SAMPLE_LOG_PROBS_KEY], out[ACTION_CHUNK_KEY]
-    assert tokens.shape == log_probs.shape == chunk.shape == (6, H, A)
-    assert tokens.dtype == torch.long and 0 <= tokens.min() and tokens.max() < policy.vocab_size
-    assert (log_probs <= 0).all() and chunk.dtype == torch.float32
-    assert policy.tokens_per_decision == H * A
+    log_probs, chunk = out[SAMPLE_LOG_PROBS_KEY], out[ACTION_CHUNK_KEY]
+    assert chunk.shape == (6, H, A) and chunk.dtype == torch.float32
+    assert log_probs.ndim == 3 and log_probs.shape[0] == 6 and log_probs[0].numel() == policy.tokens_per_decision
+    assert torch.isfinite(log_probs).all()
+    assert set(policy.action_train_keys) < set(policy.action_record_keys) <= set(out["vla_action"].keys())
+    if is_token(policy):
+        tokens = out[ACTION_TOKENS_KEY]
+        assert tokens.shape == log_probs.shape == (6, H, A) and policy.tokens_per_decision == H * A
+        assert tokens.dtype == torch.long and 0 <= tokens.min() and tokens.max() < policy.vocab_size
+        assert (log_probs <= 0).all()
 
 
 def test_sampled_log_probs_equal_scored_log_probs(policy_cls):
@@ -81,7 +114,9 @@ def test_sampled_log_probs_equal_scored_log_probs(policy_cls):
     out = policy.act(observations())
     log_probs, entropy = policy.score(out)
     torch.testing.assert_close(log_probs, out[SAMPLE_LOG_PROBS_KEY], atol=1e-5, rtol=0)
-    assert (entropy > 0).all()
+    assert entropy.shape == log_probs.shape and torch.isfinite(entropy).all()
+    if is_token(policy):
+        assert (entropy > 0).all()  # a Gaussian step's differential entropy may be negative
     # a minibatch (other batch-mates, other instruction padding) scores the same
     torch.testing.assert_close(policy.score(out[1:4])[0], out[SAMPLE_LOG_PROBS_KEY][1:4], atol=1e-5, rtol=0)
     # the temperature is applied when scoring too: at T=1 the scores differ
@@ -93,15 +128,17 @@ def test_greedy_decoding_is_deterministic(policy_cls):
     policy = make_policy(policy_cls)
     obs = observations()
     first, second = policy.act(obs.clone(), greedy=True), policy.act(obs.clone(), greedy=True)
-    assert torch.equal(first[ACTION_TOKENS_KEY], second[ACTION_TOKENS_KEY])
+    key = ACTION_TOKENS_KEY if is_token(policy) else ACTION_CHUNK_KEY
+    assert torch.equal(first[key], second[key])
     assert torch.equal(first[ACTION_CHUNK_KEY], second[ACTION_CHUNK_KEY])
-    sampled = torch.stack([policy.act(obs.clone())[ACTION_TOKENS_KEY] for _ in range(3)])
-    assert not (sampled == first[ACTION_TOKENS_KEY]).all()
+    sampled = torch.stack([policy.act(obs.clone())[key] for _ in range(3)])
+    assert not (sampled == first[key]).all()
 
 
 def _same_outputs(a, b, obs: TensorDict) -> None:
     greedy_a, greedy_b = a.act(obs.clone(), greedy=True), b.act(obs.clone(), greedy=True)
-    assert torch.equal(greedy_a[ACTION_TOKENS_KEY], greedy_b[ACTION_TOKENS_KEY])
+    if is_token(a):
+        assert torch.equal(greedy_a[ACTION_TOKENS_KEY], greedy_b[ACTION_TOKENS_KEY])
     assert torch.equal(greedy_a[ACTION_CHUNK_KEY], greedy_b[ACTION_CHUNK_KEY])
     sampled = a.act(obs.clone())
     torch.testing.assert_close(b.score(sampled)[0], sampled[SAMPLE_LOG_PROBS_KEY], atol=1e-5, rtol=0)
@@ -164,13 +201,18 @@ def test_decoding_applies_the_action_stats(policy_cls):
     low, high = torch.tensor([-0.5, -2.0]), torch.tensor([0.5, 3.0])
     policy.set_action_stats(low, high)
     actions = low + torch.rand(64, DIMS["action_dim"]) * (high - low)
+    chunk = policy.act(observations())[ACTION_CHUNK_KEY]
+    assert (chunk >= low - 1e-5).all() and (chunk <= high + 1e-5).all()
+    if not is_token(policy):  # a flow head's coordinates: the bounds map to -1 and 1
+        coords = policy.normalize_actions(actions)
+        assert coords.min() >= -1 - 1e-5 and coords.max() <= 1 + 1e-5
+        torch.testing.assert_close(policy.denormalize_actions(coords), actions)
+        return
     decoded = policy.decode_tokens(policy.encode_actions(actions))
     bin_width = (high - low) / policy.vocab_size * 2  # OpenVLA has 255 bin centres over [-1, 1]
     assert ((decoded - actions).abs() <= bin_width).all()
     every = policy.decode_tokens(torch.arange(policy.vocab_size).unsqueeze(-1).expand(-1, DIMS["action_dim"]))
     assert (every >= low - 1e-5).all() and (every <= high + 1e-5).all()
-    chunk = policy.act(observations())[ACTION_CHUNK_KEY]
-    assert (chunk >= low - 1e-5).all() and (chunk <= high + 1e-5).all()
 
 
 @pytest.mark.parametrize("breakage", ["no_directory", "missing_json", "missing_weights", "other_class", "bad_json"])
@@ -178,14 +220,14 @@ def test_a_bad_directory_is_a_one_line_error(policy_cls, breakage, tmp_path):
     path = make_policy(policy_cls).save_pretrained(tmp_path / "policy")
     expected = {"no_directory": FileNotFoundError, "missing_json": FileNotFoundError,
                 "missing_weights": FileNotFoundError, "other_class": ValueError, "bad_json": ValueError}[breakage]
-    needle = {"missing_json": POLICY_JSON, "missing_weights": WEIGHT_FILE.get(policy_cls, ""),
-              "other_class": policy_cls.__name__}.get(breakage, "")
+    needle = {"missing_json": POLICY_JSON, "missing_weights": WEIGHT_FILE.get(policy_cls.cls, ""),
+              "other_class": policy_cls.cls.__name__}.get(breakage, "")
     if breakage == "no_directory":
         shutil.rmtree(path)
     elif breakage.startswith("missing"):
         (path / needle).unlink()
     elif breakage == "other_class":
-        other = next(c for c in (TinyVLAPolicy, HFVLAPolicy) if c is not policy_cls)
+        other = next(c for c in (TinyVLAPolicy, HFVLAPolicy) if c is not policy_cls.cls)
         shutil.rmtree(path)
         make_policy(other).save_pretrained(path)
     else:

@@ -179,6 +179,10 @@ class _Sabotage:
     def parameters(self):
         return self.policy.parameters()
 
+    @property
+    def action_record_keys(self):
+        return self.policy.action_record_keys
+
     def act(self, td, greedy=False):
         self.calls += 1
         if self.calls == self.at:

@@ -19,32 +19,34 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.objectives.llm import MCAdvantage
 
 from vla_grpo.keys import (
-    ACTION_TOKENS_KEY,
     GROUP_ID_KEY,
     GROUP_STD_KEY,
     INIT_STATE_KEY,
     INSTRUCTION_KEY,
     RETURN_KEY,
-    SAMPLE_LOG_PROBS_KEY,
     SUCCESS_KEY,
     TASK_INDEX_KEY,
     TRAJ_ID_KEY,
     TRAJ_TOKENS_KEY,
     UNSTABLE_KEY,
+    VLA_ACTION_KEY,
 )
 
-#: what a stored decision keeps of a rollout step (instructions stay out: non-tensor
-#: entries make the tensor storage crawl; :meth:`DynamicSamplingBuffer.pop_groups` restores them)
-DECISION_KEYS = (
-    "observation",
-    ACTION_TOKENS_KEY,
-    SAMPLE_LOG_PROBS_KEY,
-    GROUP_ID_KEY,
-    TASK_INDEX_KEY,
-    INIT_STATE_KEY,
-    ("next", "reward"),
-    ("next", "done"),
-)
+#: a token head's trained ``vla_action`` entries (``policy.action_train_keys``)
+TOKEN_ACTION_KEYS = ("tokens", "log_probs")
+
+
+def decision_keys(action_keys: Sequence[str] = TOKEN_ACTION_KEYS) -> tuple:
+    """What a stored decision keeps of a rollout step: the observation, the policy's ``vla_action``
+    entries ``action_keys`` (``policy.action_train_keys``), ids, reward and done. Instructions stay out:
+    non-tensor entries make the tensor storage crawl; :meth:`DynamicSamplingBuffer.pop_groups` restores them.
+    """
+    return ("observation", *[(VLA_ACTION_KEY, key) for key in action_keys], GROUP_ID_KEY, TASK_INDEX_KEY,
+            INIT_STATE_KEY, ("next", "reward"), ("next", "done"))
+
+
+#: what a token head's stored decision keeps
+DECISION_KEYS = decision_keys()
 
 
 class IdAllocator:
@@ -66,19 +68,22 @@ class IdAllocator:
         self.count = int(state["count"])
 
 
-def split_trajectories(data: TensorDict, traj_ids: list[int], *, tokens_per_decision: int) -> list[TensorDict]:
+def split_trajectories(data: TensorDict, traj_ids: list[int], *, tokens_per_decision: int,
+                       action_keys: Sequence[str] = TOKEN_ACTION_KEYS) -> list[TensorDict]:
     """Cut a ``[N, T]`` rollout into N trajectory TensorDicts of their valid decisions.
 
-    Each decision row gets its trajectory's return (binary success), id
-    (``traj_ids[i]``) and token count ``|a_i|``; the last row is marked done.
+    Each decision row keeps :func:`decision_keys` of ``action_keys`` and gets its trajectory's
+    return (binary success), id (``traj_ids[i]``) and token count ``|a_i|`` (decisions x
+    ``tokens_per_decision``, the entries of the policy's log-probs per decision); the last row is marked done.
     """
+    keys = decision_keys(action_keys)
     valid = data.get("valid")
     if len(traj_ids) != data.shape[0]:
         raise ValueError(f"expected {data.shape[0]} trajectory ids (one per sub-env), got {len(traj_ids)}")
     trajs = []
     for i, traj_id in enumerate(traj_ids):
         length = int(valid[i].sum())
-        traj = data[i, :length].select(*DECISION_KEYS).clone()
+        traj = data[i, :length].select(*keys).clone()
         done = torch.zeros(length, 1, dtype=torch.bool)
         done[-1] = True
         traj.set(("next", "done"), done)
@@ -219,6 +224,6 @@ def _with_group_std(group: TensorDict) -> TensorDict:
 
 
 __all__ = [
-    "DECISION_KEYS", "DynamicSamplingBuffer", "IdAllocator", "split_trajectories", "trajectory_returns",
+    "DECISION_KEYS", "DynamicSamplingBuffer", "IdAllocator", "decision_keys", "split_trajectories", "trajectory_returns",
     "unstable_episodes",
 ]

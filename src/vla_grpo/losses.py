@@ -13,7 +13,7 @@ policy names its own (``policy.imitation_loss()``). Pick one in YAML::
         init_args: {clip_low: 0.2, clip_high: 0.28}
 
 or on the command line with ``--model.loss=vla_grpo.losses.CISPOLoss`` (on the SFT
-module, ``--model.loss=vla_grpo.losses.TokenBCLoss`` overrides the policy's own).
+module, ``--model.loss=vla_grpo.losses.TokenBCLoss`` or ``FlowMatchingLoss`` overrides the policy's own).
 
 Policy-loss inputs (a batch ``[B]`` of policy decisions, each ``H x A`` action tokens):
 ``log_probs`` (current weights, with grad) and ``("vla_action", "log_probs")``
@@ -43,8 +43,11 @@ Aggregation (how token terms become one number), per class:
 * ``decision_mean`` (:class:`GSPOLoss`): mean over decisions of a
   per-decision objective.
 
-Imitation losses (:class:`TokenBCLoss`; a flow-matching policy brings its own)
-take the policy and a batch of demo windows, see :class:`ImitationLoss`.
+Imitation losses (:class:`TokenBCLoss` for token heads, :class:`FlowMatchingLoss` for
+flow-matching heads) take the policy and a batch of demo windows, see :class:`ImitationLoss`.
+A flow head's log-probs are per denoising step (and chunk coordinate) on the same
+"token" axis, ``[B, K, H*A]`` (:mod:`vla_grpo.policies.flow`), so every policy loss
+above runs on it unchanged.
 """
 from __future__ import annotations
 
@@ -299,4 +302,52 @@ class TokenBCLoss(ImitationLoss):
         }, batch_size=[])
 
 
-IMITATION_LOSSES = (TokenBCLoss,)
+TIME_SAMPLINGS = ("beta", "uniform")
+
+
+class FlowMatchingLoss(ImitationLoss):
+    """Flow matching for a flow head (π0's objective): regress the straight path's velocity.
+
+    For a demo chunk ``a`` (in the policy's coordinates, ``policy.normalize_actions``), noise
+    ``ε ~ N(0, I)`` and a time ``t``: ``x_t = t ε + (1 - t) a`` and the target velocity is
+    ``ε - a`` (π0's convention, ``t = 1`` is noise). The loss is the squared error of
+    ``policy.predict_velocity`` per coordinate, averaged over un-padded chunk steps.
+    Metrics: ``velocity_error`` (the same mean) and ``action_error`` (the mean squared error of the
+    one-step action estimate ``x_t - t v``, which the ODE refines).
+
+    Args:
+        time_sampling: ``"beta"`` (π0: ``t = 0.001 + 0.999 Beta(1.5, 1)``, more weight on the noisy
+            end, where the chain's first steps decide the mode) or ``"uniform"``.
+        noise_samples: ``(t, ε)`` draws per demo window; the observation is encoded once for all.
+    """
+
+    def __init__(self, time_sampling: str = "beta", noise_samples: int = 1) -> None:
+        super().__init__()
+        _check("time_sampling", time_sampling, time_sampling in TIME_SAMPLINGS, f"one of {TIME_SAMPLINGS}")
+        _check("noise_samples", noise_samples, noise_samples >= 1, ">= 1")
+        self.time_sampling = time_sampling
+        self.noise_samples = int(noise_samples)
+
+    def _times(self, n: int, device: torch.device) -> torch.Tensor:
+        shape = (n, self.noise_samples)
+        if self.time_sampling == "uniform":
+            return torch.rand(shape, device=device)
+        beta = torch.distributions.Beta(torch.tensor(1.5, device=device), torch.tensor(1.0, device=device))
+        return 0.001 + 0.999 * beta.sample(shape)
+
+    def forward(self, policy: nn.Module, batch: TensorDictBase) -> TensorDict:
+        actions = policy.normalize_actions(batch.get(ACTION_CHUNK_KEY).float()).unsqueeze(1)  # [B, 1, H, A]
+        t = self._times(actions.shape[0], actions.device)  # [B, S]
+        noise = torch.randn(actions.shape[0], self.noise_samples, *actions.shape[2:], device=actions.device)
+        tt = t[..., None, None]
+        x = tt * noise + (1 - tt) * actions
+        velocity = policy.predict_velocity(batch, x, t)  # [B, S, H, A]
+        weight = (~batch.get(PAD_KEY)).to(velocity.dtype)[:, None, :, None].expand_as(velocity)
+        count = weight.sum().clamp_min(1)
+        loss = ((velocity - (noise - actions)) ** 2 * weight).sum() / count
+        action_error = ((x - tt * velocity - actions).detach() ** 2 * weight).sum() / count
+        return TensorDict({"loss_flow": loss, "velocity_error": loss.detach(), "action_error": action_error},
+                          batch_size=[])
+
+
+IMITATION_LOSSES = (TokenBCLoss, FlowMatchingLoss)

@@ -77,14 +77,15 @@ def _check_prompt_pool(suite: Suite, first: int, train_tasks: list[str] | None) 
 
 
 class GRPOModule(L.LightningModule):
-    """GRPO with binary success rewards for token-head VLA policies.
+    """GRPO with binary success rewards for VLA policies (token heads and flow-matching heads alike).
 
     Args:
-        policy: a token-head VLA policy (``vla_grpo.policies``).
+        policy: a VLA policy (``vla_grpo.policies``).
         suite: the env suite to roll out on (``vla_grpo.envs``).
         loss: the policy loss (``vla_grpo.losses``); GRPOLoss by default.
         group_size: trajectories per prompt, G.
-        rollout_temperature: sampling temperature at rollout *and* at update.
+        rollout_temperature: sampling temperature at rollout *and* at update (a flow head:
+            each denoising step's noise variance is scaled by it, ``policy.temperature``).
         groups_per_step: mixed groups trained on per step (per rank).
         prompts_per_round: prompts rolled out together in one round.
         max_rollout_rounds: rounds per step before training on what is held.
@@ -300,7 +301,8 @@ class GRPOModule(L.LightningModule):
         prompts = self.sampler.draw(n)                                                               # draw
         rnd = self.rollout.run_round(self.policy, prompts, self.group_ids.take(n), self.traj_ids.take(n * G))
         trajs = split_trajectories(rnd.data, rnd.traj_ids,                                           # split, reward
-                                   tokens_per_decision=self.policy.tokens_per_decision)
+                                   tokens_per_decision=self.policy.tokens_per_decision,
+                                   action_keys=self.policy.action_train_keys)
         self.buffer.extend(trajs, rnd.instructions)                                                  # keep mixed groups
         returns = trajectory_returns(trajs).view(n, G)
         self.sampler.update_groups(rnd.prompts, returns)                                             # update sampler

@@ -335,7 +335,8 @@ class ActivePolicyStep:
         inputs = inputs.to(self.device, non_blocking=True).clear_device_()
         inputs.set(INSTRUCTION_KEY, self._instructions_of(active))
         out = self.policy.act(inputs, greedy=self.greedy)
-        actions = out.get(VLA_ACTION_KEY).select("tokens", "log_probs", "chunk").to("cpu")
+        # what the policy declares it must keep (token heads: tokens; flow heads: the denoising chain)
+        actions = out.get(VLA_ACTION_KEY).select(*self.policy.action_record_keys).to("cpu")
         if not active.all():
             full = TensorDict({k: torch.zeros(self.num_envs, *v.shape[1:], dtype=v.dtype)
                                for k, v in actions.items()}, batch_size=[self.num_envs])

@@ -4,7 +4,8 @@
 DataModule writes the demos with the suite's scripted experts when the file is
 missing) with the loss the policy names (``policy.imitation_loss()``; token
 policies: :class:`~vla_grpo.losses.TokenBCLoss`, cross-entropy on the action
-tokens of un-padded chunk steps), and evaluates greedily on the suite with the
+tokens of un-padded chunk steps; flow policies: :class:`~vla_grpo.losses.FlowMatchingLoss`),
+and evaluates greedily on the suite with the
 same code as GRPO (:mod:`vla_grpo.evaluation`), logging ``eval/<split>/success``.
 
 Commands::
@@ -19,7 +20,6 @@ untrained policy to ``last.ckpt``, so the GRPO command above works unchanged.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -41,8 +41,9 @@ class SFTModule(L.LightningModule):
 
     Actions are normalized with the demos' q01/q99 (set from the data module
     before training, unless the policy is pretrained; the bounds are policy
-    buffers, so they travel in the checkpoint to GRPO). The policy runs at
-    temperature 1.0. Validation is greedy on the suite, as in GRPO.
+    buffers, so they travel in the checkpoint to GRPO). The policy prepares itself
+    (``policy.prepare_imitation``: a token head runs at temperature 1.0 and starts at
+    the demos' token prior). Validation is greedy on the suite, as in GRPO.
 
     Args:
         policy: a VLA policy (``vla_grpo.policies``).
@@ -56,8 +57,9 @@ class SFTModule(L.LightningModule):
         eval_splits: splits to evaluate (None = all of the suite's splits).
         eval_num_envs: simulators stepped together at validation.
         eval_num_workers: simulator processes at validation (1 = in this process).
-        token_prior_init: start the action head at the demos' token marginals
-            (``policy.set_token_prior``; without it TinyVLA collapses to the marginal).
+        token_prior_init: start the action head at the demos' prior where the policy has one
+            (``policy.prepare_imitation``: token heads start at the demos' token marginals; without
+            it TinyVLA collapses to the marginal; a flow head ignores it).
         instruction_noise: norm of the noise on the instruction embedding in training
             forwards (``policy.instruction_noise``; policies without an embedding ignore it):
             the trunk learns to map the neighbourhood of a trained phrasing, where rewordings
@@ -93,8 +95,7 @@ class SFTModule(L.LightningModule):
         self.policy = policy
         self.suite = suite
         self.loss = loss if loss is not None else policy.imitation_loss()
-        # imitation is taken on the plain distribution (token logits at temperature 1)
-        self.policy.temperature = 1.0
+        self.policy.prepare_imitation()  # the policy's own start (token heads: temperature 1)
         self.rollout: GroupedRollout | None = None
         check_policy_fits_suite(policy, suite)
         init_from_checkpoint(self.policy, init_from)
@@ -105,11 +106,8 @@ class SFTModule(L.LightningModule):
         stats = getattr(data, "action_stats", None)
         if stats is not None and not self.policy.pretrained:  # a base or init_from keeps its own
             self.policy.set_action_stats(*stats)
-            if self.hparams.token_prior_init:
-                prior = self.policy.token_log_prior(data.dataset.chunks, data.dataset.pad)
-                if not self.policy.set_token_prior(prior):
-                    warnings.warn(f"{type(self.policy).__name__} can't start its action head at the demos' token "
-                                  "prior: SFT starts from uniform action logits", stacklevel=2)
+            self.policy.prepare_imitation(data.dataset.chunks, data.dataset.pad,
+                                          start_at_prior=self.hparams.token_prior_init)
         if self.rollout is None:
             self.rollout = GroupedRollout(self.suite, num_envs=self.hparams.eval_num_envs,
                                           chunk_size=self.policy.chunk_size,

@@ -17,14 +17,19 @@ plus :class:`TokenPolicyMixin`, which adds what GRPO needs and TorchRL lacks:
   :meth:`set_token_prior`, which starts the action head at it before SFT when
   the policy's head allows it;
 * :meth:`imitation_loss`: the loss SFT fits it with (token cross-entropy,
-  :class:`~vla_grpo.losses.TokenBCLoss`). Each policy family names its own, so
-  the SFT module never branches on the policy type.
+  :class:`~vla_grpo.losses.TokenBCLoss`), and :meth:`prepare_imitation`, what SFT
+  does to it first (temperature 1, the token prior). Each policy family names
+  its own, so the SFT module never branches on the policy type;
+* :attr:`action_record_keys` / :attr:`action_train_keys`: the ``vla_action``
+  entries the rollout records and a trained decision keeps (the flow family,
+  :mod:`vla_grpo.policies.flow`, stores its denoising chain instead of tokens).
 
 Nothing outside ``policies/`` knows a model's internals.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 from tensordict import TensorDictBase
@@ -83,8 +88,14 @@ class TokenPolicyMixin:
     def _action_logits(self, tensordict: TensorDictBase) -> torch.Tensor:
         return super()._action_logits(tensordict) / self.temperature
 
+    #: ``vla_action`` entries the rollout records per decision (``chunk`` is what the env executes)
+    action_record_keys = ("tokens", "log_probs", "chunk")
+    #: ``vla_action`` entries a trained decision keeps: what :meth:`score` reads, and the sampling log-probs
+    action_train_keys = ("tokens", "log_probs")
+
     @property
     def tokens_per_decision(self) -> int:
+        """Entries of :meth:`score`'s log-probs per decision: ``H x A`` action tokens."""
         return self.chunk_size * self.action_dim
 
     def act(self, tensordict: TensorDictBase, *, greedy: bool = False) -> TensorDictBase:
@@ -113,6 +124,19 @@ class TokenPolicyMixin:
     def imitation_loss(self) -> ImitationLoss:
         """The loss SFT fits this policy with: cross-entropy on its action tokens."""
         return TokenBCLoss()
+
+    def prepare_imitation(self, chunks: torch.Tensor | None = None, pad: torch.Tensor | None = None, *,
+                          start_at_prior: bool = True) -> None:
+        """SFT's start: imitation is taken on the plain distribution (temperature 1); given the demos'
+        chunks (``[N, H, A]``, ``pad`` ``[N, H]``), the action head starts at their token prior
+        (:meth:`set_token_prior`) when ``start_at_prior``. Called again with the demos it only adds the prior.
+        """
+        self.temperature = 1.0
+        if chunks is None or not start_at_prior:
+            return
+        if not self.set_token_prior(self.token_log_prior(chunks, pad)):
+            warnings.warn(f"{type(self).__name__} can't start its action head at the demos' token "
+                          "prior: SFT starts from uniform action logits", stacklevel=3)
 
     # -- the token prior ------------------------------------------------------------
     def token_log_prior(self, chunks: torch.Tensor, pad: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
