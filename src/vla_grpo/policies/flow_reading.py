@@ -43,7 +43,7 @@ def _map_size(image_size: int) -> int:
     return math.ceil(math.ceil(math.ceil(image_size / 2) / 2) / 2)
 
 
-class FlowVLAPolicy(PretrainedPolicy, ReadingTrunk, FlowPolicyMixin, VLAWrapperBase):
+class FlowVLAPolicy(ReadingTrunk, PretrainedPolicy, FlowPolicyMixin, VLAWrapperBase):
     """The reading VLA with a flow-matching head: continuous chunks, Flow-SDE sampling, exact step log-probs.
 
     Args:

@@ -20,7 +20,7 @@ from vla_grpo.policies.pretrained import PretrainedPolicy, check_sizes
 from vla_grpo.policies.trunk import CONDITIONINGS, TRUNK_SIZES, ReadingTrunk, spatial_softmax
 
 
-class ReadingVLAPolicy(PretrainedPolicy, ReadingTrunk, TokenPolicyMixin, VLAWrapperBase):
+class ReadingVLAPolicy(ReadingTrunk, PretrainedPolicy, TokenPolicyMixin, VLAWrapperBase):
     """The CPU VLA that reads its instruction: frozen sentence encoder, FiLM-conditioned conv trunk, token head.
 
     Args:
