@@ -32,6 +32,9 @@ from vla_grpo.policies import POLICIES, FlowVLAPolicy, ReadingVLAPolicy, TinyVLA
 #: the sizes conf/sft_tabletop.yaml and conf/quickstart.yaml build each policy at
 CONFIG_SIZES = {TinyVLAPolicy: dict(hidden_dim=256, vocab_size=32), ReadingVLAPolicy: dict(vocab_size=32)}
 
+#: the flow VLA's pi0-style expert at a CPU size (64-wide tokens, 2 layers)
+EXPERT_SIZES = dict(velocity="expert", velocity_width=64, velocity_depth=2)
+
 INSTRUCTIONS = (
     "put the red block on the green block",
     "pick up the blue block and place it in the bowl",
@@ -99,7 +102,7 @@ def rows_to_measure(args: argparse.Namespace) -> list[tuple[str, type, dict]]:
     rows = [(cls.__name__, cls, {}) for cls in POLICIES]
     rows += [(f"FlowVLAPolicy K={k}", FlowVLAPolicy, {"num_steps": k}) for k in args.flow_steps]
     if args.flow_expert:
-        rows.append(("FlowVLAPolicy expert", FlowVLAPolicy, {"velocity": "expert"}))
+        rows.append(("FlowVLAPolicy expert", FlowVLAPolicy, EXPERT_SIZES))
     return rows
 
 

@@ -14,9 +14,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_ddp_runs_different_prompts_and_keeps_weights_identical(tmp_path):
+@pytest.mark.parametrize("config", ["toy.yaml", "toy_flow.yaml"])  # token head; flow head (chains, step log-probs)
+def test_two_process_ddp_runs_different_prompts_and_keeps_weights_identical(tmp_path, config):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf/toy.yaml"),
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf" / config),
            "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=2",
            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
            "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",

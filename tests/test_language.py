@@ -1,5 +1,5 @@
 """The policy reads: the offline text encoder, phrasings and the paraphrase split, the pretraining catalogue,
-and the guard that held-out phrasings and unseen tasks never reach training."""
+and the guard that held-out phrasings and unseen tasks never reach training (token and flow heads)."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from tensordict import NonTensorStack, TensorDict
 from vla_grpo.envs.base import TRAIN_SPLIT
 from vla_grpo.envs.tabletop import TabletopSuite
 from vla_grpo.envs.tabletop.catalogue import PRETRAIN_SPLIT
-from vla_grpo.policies import ReadingVLAPolicy
+from vla_grpo.policies import FlowVLAPolicy, ReadingVLAPolicy
 from vla_grpo.policies.text import TextEncoder
 
 UNSEEN = ("unseen_spatial", "unseen_object", "unseen_goal")
@@ -128,7 +128,7 @@ def test_the_catalogue_is_new_compositions_of_the_unseen_tasks_parts(suite):
 
 # -- held-out data never reaches training ---------------------------------------------------------
 class _Recorder(L.Callback):
-    """Every instruction the policy is asked to act on or score during training."""
+    """Every instruction the policy is asked to act on, score or (flow heads) predict a velocity for in training."""
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
@@ -140,7 +140,8 @@ class _Recorder(L.Callback):
             text = td.get("language_instruction")
             record.update(text.tolist() if isinstance(text, NonTensorStack) else [str(text)])
 
-        for name in ("act", "score"):
+        # what GRPO calls, and what the imitation losses call (token heads: score; flow heads: predict_velocity)
+        for name in [n for n in ("act", "score", "predict_velocity") if hasattr(policy, n)]:
             original = getattr(policy, name)
 
             def wrapped(td, *args, _original=original, **kwargs):
@@ -156,16 +157,19 @@ def _held_out(suite) -> set[str]:
     return out | {p for t in tasks if t.split not in (TRAIN_SPLIT, PRETRAIN_SPLIT) for p in t.phrasings}
 
 
-def test_no_held_out_phrasing_or_unseen_task_reaches_sft_or_grpo(tmp_path):
-    """A real SFT fit and a real GRPO fit on the tabletop: what the policy is trained on is all training phrasings."""
+@pytest.mark.parametrize("policy_cls", [ReadingVLAPolicy, FlowVLAPolicy], ids=lambda c: c.__name__)
+def test_no_held_out_phrasing_or_unseen_task_reaches_sft_or_grpo(tmp_path, policy_cls):
+    """A real SFT fit and a real GRPO fit on the tabletop, token head and flow head: what the policy is trained on
+    (SFT batches, GRPO rollouts and scoring) is all training phrasings."""
     from vla_grpo.data import DemoDataModule, model_links
     from vla_grpo.module import GRPOModule
     from vla_grpo.sft import SFTModule
 
     suite = TabletopSuite(image_size=16, seen_per_family=1)
     torch.manual_seed(0)
-    policy = ReadingVLAPolicy(action_dim=7, chunk_size=8, state_dim=8, image_size=16, hidden_dim=32,
-                              channels=(8, 8, 8, 8), text_dim=16)
+    sizes = dict(velocity_width=32) if policy_cls is FlowVLAPolicy else {}
+    policy = policy_cls(action_dim=7, chunk_size=8, state_dim=8, image_size=16, hidden_dim=32,
+                        channels=(8, 8, 8, 8), text_dim=16, **sizes)
     trainer_args = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)
     sft = SFTModule(policy, suite, eval_states_per_task=1)

@@ -304,7 +304,11 @@ def test_hf_rejects_bad_sizes_in_one_line():
 
 
 # -- swapping policies from the command line -------------------------------------------
-def test_policy_swaps_from_the_cli(tmp_path):
+@pytest.mark.parametrize("policy,args", [
+    ("vla_grpo.policies.hf.HFVLAPolicy", ["patch_size=4", "text_hidden=32", "heads=2"]),
+    ("vla_grpo.policies.FlowVLAPolicy", ["velocity_width=32"]),  # a token config's vocab_size is dropped
+], ids=["HFVLAPolicy", "FlowVLAPolicy"])
+def test_policy_swaps_from_the_cli(tmp_path, policy, args):
     from vla_grpo.cli import main
     from vla_grpo.tb import read_scalars
 
@@ -312,13 +316,12 @@ def test_policy_swaps_from_the_cli(tmp_path):
           f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=2",
           "--model.groups_per_step=2", "--model.prompts_per_round=2", "--trainer.enable_progress_bar=false",
           "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",
-          "--model.policy=vla_grpo.policies.hf.HFVLAPolicy", "--model.policy.init_args.patch_size=4",
-          "--model.policy.init_args.text_hidden=32", "--model.policy.init_args.heads=2"])
+          f"--model.policy={policy}", *[f"--model.policy.init_args.{a}" for a in args]])
     scalars = read_scalars(tmp_path)
     assert [s for s, _ in scalars["rollout/success_rate"]] == [0, 1]
     assert "train/loss_objective" in scalars
     hparams = (next(tmp_path.rglob("config.yaml"))).read_text()
-    assert "vla_grpo.policies.hf.HFVLAPolicy" in hparams
+    assert policy in hparams
 
 
 @pytest.mark.parametrize("breakage", ["no_directory", "wrong_action_dim"])

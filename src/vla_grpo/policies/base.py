@@ -1,7 +1,9 @@
-"""The policy interface the trainer talks to.
+"""The policy interface the trainer talks to, as token heads implement it (flow heads: :mod:`.flow`).
 
-A policy is a ``torchrl.modules.vla.VLAWrapperBase`` with a token action head
-plus :class:`TokenPolicyMixin`, which adds what GRPO needs and TorchRL lacks:
+A token policy is a ``torchrl.modules.vla.VLAWrapperBase`` with a token action head
+plus :class:`TokenPolicyMixin`, which adds what GRPO needs and TorchRL lacks
+(:class:`~vla_grpo.policies.flow.FlowPolicyMixin` gives a flow-matching head the
+same methods; docs/policies.md tabulates both):
 
 * a ``temperature`` applied to the action logits in *one* place
   (``_action_logits``), so the distribution that samples the rollout tokens and
