@@ -262,6 +262,8 @@ def test_token_bc_loss_gives_the_sft_numbers_of_before_bit_for_bit():
     policy.zero_grad()
     loss, metrics = _sft_formula_before_the_loss_class(policy, _demo_windows())
     loss.backward()
+    # bit for bit: the loss class runs the old formula's operations on the same batch in the same
+    # shapes and order (one computation), which is the claim of the move
     assert torch.equal(out["loss_bc"], loss)
     assert all(torch.equal(out[k], v) for k, v in metrics.items())
     assert all(torch.equal(ours[n], p.grad) for n, p in policy.named_parameters())
@@ -279,6 +281,8 @@ def test_token_bc_loss_is_the_cross_entropy_of_the_unpadded_demo_tokens():
     # padded steps carry no weight: another action there changes nothing
     other = _demo_windows()
     other[ACTION_CHUNK_KEY][batch[PAD_KEY]] = 0.99
+    # exact: the padded entries are masked out before the mean, so the same unpadded values go
+    # through the same operations in the same shapes
     assert torch.equal(TokenBCLoss()(policy, other)["loss_bc"], out["loss_bc"])
     # a wholly padded batch is 0, not NaN
     other[PAD_KEY][:] = True
