@@ -91,6 +91,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     # devices and strategies
     "GPU on a CPU machine": (["fit", "-c", TOY, "--trainer.accelerator=gpu"], "accelerator='gpu'"),
     "unknown strategy": (["fit", "-c", TOY, "--trainer.strategy=no_such_strategy"], "no_such_strategy"),
+    "devices not a number": (["fit", "-c", TOY, "--trainer.devices=abc"], "devices='abc'"),
+    "devices zero": (["fit", "-c", TOY, "--trainer.devices=0"], "devices='0'"),
+    "num_nodes zero": (["fit", "-c", TOY, "--trainer.num_nodes=0"], "num_nodes"),
     # run directories
     "run dir is a file": (["fit", "-c", TOY, "--trainer.default_root_dir={a_file}",
                            "--trainer.logger.init_args.save_dir={a_file}"], "{a_file}"),

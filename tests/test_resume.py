@@ -66,20 +66,6 @@ def test_sigkill_then_resume_ends_bit_identical(straight, tmp_path, step, phase)
         torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
 
 
-@pytest.mark.slow
-def test_twenty_kills_during_checkpoint_saves_leave_a_loadable_checkpoint(tmp_path):
-    """Kills at 20 byte offsets spread over the write of step 3's checkpoint (~1 MB): the file at
-    last.ckpt always loads, and it is step 2's (the half-written one never takes its place)."""
-    for i in range(20):
-        run = tmp_path / f"k{i}"
-        killed = _fit(run, "--trainer.max_steps=4", "--trainer.callbacks+=tests.kill_probe.KillAt",
-                      "--trainer.callbacks.init_args.step=3", "--trainer.callbacks.init_args.phase=in_save",
-                      f"--trainer.callbacks.init_args.at_byte={1 + i * 50_000}", timeout=600)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        _, step = _weights(run / "ckpt" / "last.ckpt")
-        assert step == 2
-
-
 def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import errno
 

@@ -42,7 +42,8 @@ def test_fit_runs_the_missing_sft_stage_then_reuses_it(tmp_path, capfd):
     assert "SFT stage: reusing" in capfd.readouterr().out and ckpt.stat().st_mtime_ns == stamp
     (tmp_path / "sft" / "sft_stage.done").unlink()  # as if the SFT run had been killed after an epoch
     main(_grpo_args(tmp_path, f"--model.sft.init_args.args={_sft_args(tmp_path)}"))
-    assert "is from an unfinished SFT run, running" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "is from an unfinished SFT run, resuming it" in out and f"--ckpt_path={ckpt}" in out
     assert (tmp_path / "sft" / "sft_stage.done").is_file()
 
 

@@ -25,6 +25,7 @@ from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 from vla_grpo.checkpoint import AtomicCheckpointIO  # noqa: E402
 from vla_grpo.commands import COMMANDS  # noqa: E402
 from vla_grpo.progress import StepBudgetProgressBar  # noqa: E402
+from vla_grpo.stopping import RunStopped, SafeStop, StepAbandoned  # noqa: E402
 
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
           "Expected a <class 'NoneType'>", "Given value")
@@ -78,15 +79,24 @@ class VLACLI(LightningCLI):
         config = self._section(self.config_init, "trainer", default={})
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        extra = []
         if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in callbacks):
-            kwargs.setdefault("callbacks", [*callbacks, StepBudgetProgressBar()])
+            extra.append(StepBudgetProgressBar())
+        # a signal stops the run with a checkpoint that resumes exactly (vla_grpo.stopping)
+        if not any(isinstance(c, SafeStop) for c in callbacks):
+            extra.append(SafeStop())
+        if extra:
+            kwargs.setdefault("callbacks", [*callbacks, *extra])
         # checkpoints written all-or-nothing, unless the config names its own CheckpointIO
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (TypeError, ValueError) as err:  # Lightning rejects a value (`--trainer.devices=abc`)
+            self.parser.error(f"`--trainer`: {_trainer_argument(err, config)}")
 
     def instantiate_classes(self) -> None:
         # A bad value (group_size < 2, a missing checkpoint, ...) surfaces as one
@@ -113,6 +123,7 @@ class VLACLI(LightningCLI):
     # -- the rendering check: one frame of the configured suite in a subprocess, started before the
     # classes are built (it overlaps with that) and awaited before fit/validate/test starts a worker
     def before_instantiate_classes(self) -> None:
+        self._use_atomic_sharded_checkpoints()
         self._render_check = None
         if self.subcommand is None:  # run=False (a tool reading the config): nothing will roll out
             return
@@ -128,6 +139,15 @@ class VLACLI(LightningCLI):
         except (ImportError, AttributeError, TypeError, ValueError):
             # a bad class_path or init_args (not JSON): instantiation says so in its own line
             self._render_check = None
+
+    def _use_atomic_sharded_checkpoints(self) -> None:
+        """Lightning's ``ModelParallelStrategy`` (FSDP2) writes sharded checkpoints in place; a config naming it
+        gets our subclass, whose folders are published atomically (:mod:`vla_grpo.checkpoint`)."""
+        trainer = self._section(self.config, "trainer", default=None)
+        strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+        if getattr(strategy, "class_path", None) in ("lightning.pytorch.strategies.ModelParallelStrategy",
+                                                      "lightning.pytorch.strategies.model_parallel.ModelParallelStrategy"):
+            strategy.class_path = "vla_grpo.checkpoint.AtomicModelParallelStrategy"
 
     def _await_render_check(self) -> None:
         from vla_grpo.glcheck import finish_suite_check
@@ -156,6 +176,14 @@ class VLACLI(LightningCLI):
             problem = _check_ckpt_path(self.config[subcommand].get("ckpt_path"), subcommand)
             if problem:
                 parser.error(problem)
+
+
+def _trainer_argument(err: BaseException, config) -> str:
+    """Lightning's reason, led by the trainer argument it names (``devices='abc': ...``)."""
+    message = _root_message(err)
+    config = config.as_dict() if hasattr(config, "as_dict") else dict(config or {})
+    named = [k for k in config if f"`{k}`" in message or f"{k}=" in message or f" {k} " in f" {message} "]
+    return "; ".join(f"{k}={config[k]!r}" for k in named) + f": {message}" if named else message
 
 
 def _run_dir_problem(path: str) -> str | None:
@@ -295,3 +323,10 @@ def main(args: list[str] | None = None) -> None:
     except (NonFiniteUpdatesError, CheckpointWriteError) as err:  # diverged, or could not save: one line, exit 1
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except (RunStopped, StepAbandoned) as err:  # a signal stopped the run (vla_grpo.stopping): 128 + signal
+        stopped = err if isinstance(err, RunStopped) else getattr(err, "stopped", None)
+        if stopped is None:  # abandoned before a checkpoint could be written (e.g. during setup)
+            print("stopped by a signal before any checkpoint was written", file=sys.stderr)
+            raise SystemExit(128 + 2) from None
+        print(str(stopped), file=sys.stderr)
+        raise SystemExit(128 + stopped.signum) from None

@@ -39,10 +39,18 @@ from vla_grpo.keys import ENTROPY_KEY, INSTRUCTION_KEY, LOG_PROBS_KEY, REF_LOG_P
 from vla_grpo.losses import GRPOLoss, PolicyLoss
 from vla_grpo.policies.base import check_policy_fits_suite
 from vla_grpo.prompts import PROMPT_SAMPLERS, make_prompt_sampler, select_train_tasks
-from vla_grpo.resume import RESUME_KEY, TrainingRNG, gather_resume_state, restore_resume_state
+from vla_grpo.resume import (
+    RESUME_KEY,
+    TrainingRNG,
+    gather_resume_state,
+    load_rank_state,
+    rank_state,
+    restore_resume_state,
+)
 from vla_grpo.rollout import GroupedRollout
 from vla_grpo.sharding import full_norm, is_sharded, shard_policy
 from vla_grpo.stages import SFTStage
+from vla_grpo.stopping import StepAbandoned, StepSnapshot
 
 
 class _StepTicker(IterableDataset):
@@ -169,6 +177,7 @@ class GRPOModule(L.LightningModule):
         self.sft = sft
         self.nonfinite = NonFiniteGuard(max_nonfinite_updates)
         self.training_rng = TrainingRNG()
+        self.step_start = StepSnapshot()  # what an abandoned step puts back (vla_grpo.stopping)
         init_from_checkpoint(self.policy, init_from)
         check_policy_fits_suite(self.policy, self.suite)
 
@@ -249,8 +258,17 @@ class GRPOModule(L.LightningModule):
 
     # -- the GRPO step -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
+        stop = getattr(self, "stop_flag", None)  # set by vla_grpo.stopping.SafeStop
+        if stop is not None:
+            self.step_start.take(rank_state(self))
         with self.training_rng.fork(self.device):
-            data, filler, rollout_metrics = self.collect()
+            if stop is not None:
+                stop.abandonable = True  # a signal now abandons the step: its rounds are re-run on resume
+            try:
+                data, filler, rollout_metrics = self.collect()
+            finally:
+                if stop is not None:
+                    stop.abandonable = False
             metrics = self.update(data, filler)
         metrics.update(rollout_metrics)
         self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
@@ -268,9 +286,13 @@ class GRPOModule(L.LightningModule):
         """
         G, need = self.hparams.group_size, self.hparams.groups_per_step
         successes, episodes, unstable, rounds, env_rate, filler = 0.0, 0, 0, 0, [], None
+        stop = getattr(self, "stop_flag", None)
         while rounds < self.hparams.max_rollout_rounds:
             if self._reduce(self.buffer.num_groups, "min") >= need:
                 break
+            if stop is not None and self._reduce(float(stop.requested), "max") > 0:
+                # a rank was signalled: every rank abandons the step here, at the same round boundary
+                raise StepAbandoned
             returns, round_unstable, filler = self._rollout_round()
             successes += float(returns.sum())
             episodes += returns.numel()
@@ -386,6 +408,10 @@ class GRPOModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if getattr(self, "sampler", None) is not None:
             restore_resume_state(self, checkpoint.get(RESUME_KEY))
+
+    def restore_step_start(self) -> None:
+        """Put back the step-start state of what the rollout rounds change (an abandoned step)."""
+        load_rank_state(self, self.step_start.get())
 
     # -- evaluation ---------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:

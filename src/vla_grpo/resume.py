@@ -40,7 +40,8 @@ class TrainingRNG:
                 self.state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
 
 
-def _rank_state(module) -> dict:
+def rank_state(module) -> dict:
+    """This rank's part of the resume state (live objects: copy it to keep it)."""
     return {"sampler": module.sampler.state_dict(), "buffer": module.buffer.state_dict(),
             "group_ids": module.group_ids.state_dict(), "traj_ids": module.traj_ids.state_dict(),
             "rng": module.training_rng.state, "nonfinite_in_a_row": module.nonfinite.in_a_row}
@@ -48,7 +49,7 @@ def _rank_state(module) -> dict:
 
 def gather_resume_state(module) -> dict:
     """``{world_size, ranks: [state of rank 0, ...]}`` (called on every rank at save)."""
-    state, world = _rank_state(module), module.trainer.world_size
+    state, world = rank_state(module), module.trainer.world_size
     if world > 1:
         # Lightning's strategies gather tensors only; these are dicts of tensors and numbers
         import torch.distributed as dist
@@ -79,7 +80,11 @@ def restore_resume_state(module, resume: dict | None) -> None:
             count = max(r[name]["count"] for r in resume["ranks"]) * resume["world_size"]
             getattr(module, name).load_state_dict({"count": -(-count // world)})
         return
-    state = resume["ranks"][rank]
+    load_rank_state(module, resume["ranks"][rank])
+
+
+def load_rank_state(module, state: dict) -> None:
+    """Put one rank's state (:func:`rank_state`) back."""
     module.sampler.load_state_dict(state["sampler"])
     module.buffer.load_state_dict(state["buffer"])
     module.group_ids.load_state_dict(state["group_ids"])
@@ -88,4 +93,4 @@ def restore_resume_state(module, resume: dict | None) -> None:
     module.nonfinite.in_a_row = int(state["nonfinite_in_a_row"])
 
 
-__all__ = ["RESUME_KEY", "TrainingRNG", "gather_resume_state", "restore_resume_state"]
+__all__ = ["RESUME_KEY", "TrainingRNG", "gather_resume_state", "load_rank_state", "rank_state", "restore_resume_state"]

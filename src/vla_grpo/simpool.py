@@ -26,9 +26,12 @@ their final transition.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing as mp
 import os
+import signal
+import sys
 import traceback
 from multiprocessing.connection import Connection, wait
 
@@ -82,8 +85,25 @@ class EnvServer:
         self.env.close()
 
 
+def _die_with_parent() -> None:
+    """The trainer owns its simulators: they ignore SIGINT/SIGTERM (a Ctrl-C reaches the whole process
+    group, a cluster signals every process; the trainer stops safely and closes them, vla_grpo.stopping),
+    and on Linux the kernel kills them when the trainer dies, however it dies (``PR_SET_PDEATHSIG``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call above: nobody will close us
+            os._exit(0)
+
+
 def _worker(conn: Connection, make_env, seed: int) -> None:
     """A simulator process: builds its env, then serves ``reset``/``step``/``close`` until told to stop."""
+    _die_with_parent()
     # one core per simulator: no intra-op thread pool, and Mesa's llvmpipe (EGL on CPU) renders on 1 thread
     os.environ.setdefault("LP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -240,6 +260,9 @@ class SimulatorPool(_Pool):
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
+        # the workers ignore SIGTERM, which multiprocessing's own exit hook sends them before it joins: this
+        # hook, registered after it, runs before it, on every exit (an exception skips Lightning's teardown)
+        atexit.register(_kill_processes, list(self._procs))
         try:
             for w in range(num_workers):
                 self._recv(w, start_timeout_s)
@@ -292,6 +315,14 @@ class SimulatorPool(_Pool):
                 proc.join(timeout=5)
         for conn in self._conns:
             conn.close()
+
+
+def _kill_processes(procs: list) -> None:
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
 
 
 class _EnvFactory:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from vla_grpo.stopping import STOP_SIGNALS, RunStopped
+
 
 class SFTStage:
     """Fit an SFT config into ``<root_dir>/checkpoints/last.ckpt`` unless a finished one is there.
@@ -52,8 +54,8 @@ class SFTStage:
         epoch, so a checkpoint alone may be an interrupted run's."""
         return self.root_dir / "sft_stage.done"
 
-    def command(self) -> list[str]:
-        """The child process's command line."""
+    def command(self, resume: bool = False) -> list[str]:
+        """The child process's command line (``resume``: continue from the unfinished run's checkpoint)."""
         root = str(self.root_dir)
         return [
             sys.executable, "-m", "vla_grpo", "fit", "-c", self.config,
@@ -61,6 +63,7 @@ class SFTStage:
             f"--trainer.logger.init_args.save_dir={root}",
             f"--trainer.callbacks.init_args.dirpath={self.checkpoint.parent}",
             *self.args,
+            *([f"--ckpt_path={self.checkpoint}"] if resume else []),
         ]
 
     def run(self, rank: int = 0) -> Path:
@@ -70,12 +73,18 @@ class SFTStage:
             return self.checkpoint
         if rank != 0:
             return self._wait()
-        state = "is from an unfinished SFT run" if self.checkpoint.is_file() else "is missing"
-        print(f"[vla_grpo] SFT stage: {self.checkpoint} {state}, running: "
-              f"{' '.join(self.command()[1:])}", flush=True)
+        # a checkpoint without the marker: an SFT run stopped by a signal (vla_grpo.stopping) or killed; continue it
+        resume = self.checkpoint.is_file()
+        state = "is from an unfinished SFT run, resuming it" if resume else "is missing, running"
+        command = self.command(resume=resume)
+        print(f"[vla_grpo] SFT stage: {self.checkpoint} {state}: {' '.join(command[1:])}", flush=True)
         self.done_marker.unlink(missing_ok=True)
         start = time.perf_counter()
-        result = subprocess.run(self.command(), check=False)
+        result = subprocess.run(command, check=False)
+        stopped = {128 + int(s): int(s) for s in STOP_SIGNALS}.get(result.returncode)
+        if stopped is not None:  # the SFT fit was stopped by a signal, with its checkpoint: so is this run
+            raise RunStopped(stopped, 0, str(self.checkpoint),
+                             where=f"the SFT stage stopped with {self.checkpoint}; the same command resumes it")
         if result.returncode != 0 or not self.checkpoint.is_file():
             raise RuntimeError(f"`--model.sft`: the SFT fit of {self.config} failed (exit {result.returncode}, "
                                f"no {self.checkpoint}); its output is above")

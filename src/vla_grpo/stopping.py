@@ -1,0 +1,253 @@
+"""Stopping is safe: SIGINT (Ctrl-C) or SIGTERM (Slurm, a cluster's pre-emption) ends a ``fit`` with a
+checkpoint that resumes exactly, and a second signal stops at once.
+
+What happens on the first signal (one line is printed, naming the step and what follows):
+
+* during a GRPO rollout round, the step is **abandoned**: the round is cut, the step-start state of
+  what the rounds change (prompt sampler, held groups, id counters, the step's random stream) is put
+  back, and the checkpoint holds the state before the step. Resuming re-runs the whole step; no half
+  round is kept. Weights and optimizer are untouched until the update, so nothing else can differ.
+  Under DDP/FSDP the ranks agree first: each rollout round begins with one all-reduce of the flag,
+  so a multi-process run stops at the next round boundary (a collective cannot be left half-joined);
+* during the update (or an SFT step), the step **finishes** and the checkpoint is written right after
+  it, at the point where ``ModelCheckpoint(every_n_train_steps=1)`` would write one;
+* during an evaluation, the evaluation finishes (a cut one cannot be resumed part-way: its metrics are
+  aggregated at its end), then the next GRPO step stops before its first round.
+
+The checkpoint goes where ``--ckpt_path=last`` finds it: ``last.ckpt`` in the first ``ModelCheckpoint``'s
+folder (the default one if the config names none), written all-or-nothing (:mod:`vla_grpo.checkpoint`,
+:class:`vla_grpo.sharding.AtomicModelParallelStrategy`). A second signal while stopping (during the
+save, say) exits at once with ``128 + signal``; the file being written is a temporary one, so the
+previous checkpoint stands. Simulator workers ignore both signals and die with the trainer
+(:mod:`vla_grpo.simpool`): the trainer closes them, or the kernel kills them when it dies.
+
+Under Slurm (Lightning's ``SLURMEnvironment``, ``auto_requeue=True`` by default) the checkpoint is
+Lightning's ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` and the job is requeued with ``scontrol requeue``
+once it is written, as Lightning's own handler does; the requeued job, started with the same command,
+resumes from it by Lightning's Slurm auto-resume (no ``--ckpt_path``).
+
+Why not Lightning's machinery alone: its SIGTERM handler sets a flag that is read after the step *and*
+the evaluation (a LIBERO eval outlasts Slurm's grace period), under DDP broadcasts from inside the
+signal handler, and writes no checkpoint; its KeyboardInterrupt path saves only through
+``OnExceptionCheckpoint``, at whatever point the interrupt landed (half an update, half a round); its
+Slurm ``SIGUSR1`` handler saves from inside the handler, mid-step. Those checkpoints load but do not
+continue the run exactly. We use its pieces where they fit: the checkpoint is ``trainer.save_checkpoint``
+(the strategy's format, the loops' progress), written from ``on_exception`` as ``OnExceptionCheckpoint``
+does, and the requeue is Lightning's command.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+#: the signals that stop a run safely (SIGUSR1 too under Slurm auto-requeue: Slurm's ``--signal=USR1@t``)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunStopped(Exception):
+    """A signal stopped the run after its checkpoint was written (the CLI exits ``128 + signum``)."""
+
+    def __init__(self, signum: int, step: int, path: str | None, where: str | None = None) -> None:
+        self.signum, self.step, self.path = signum, step, path
+        name = signal.Signals(signum).name
+        if where is None:
+            where = f"checkpoint of step {step} at {path}; resume with --ckpt_path={path}" if path else "no checkpoint"
+        super().__init__(f"stopped by {name}: {where}")
+
+
+class StepAbandoned(BaseException):
+    """Raised into a GRPO step's rollout to abandon it (a ``BaseException``: no ``except Exception`` in a
+    rollout's retry path may swallow it)."""
+
+
+class StopFlag:
+    """What a module shares with :class:`SafeStop`: whether a stop was asked, and whether its step can
+    be abandoned right now (a GRPO module sets ``abandonable`` around its rollout rounds)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.abandonable = False
+        self.distributed = False  # True: never raise from the handler, the ranks agree at round starts
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def _print(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class SafeStop(Callback):
+    """Turns SIGINT/SIGTERM into a resumable checkpoint and a clean exit (the CLI adds it to every run).
+
+    Args:
+        requeue: under Slurm, requeue the job (``scontrol requeue``) once the checkpoint is written;
+            None = when Lightning's ``SLURMEnvironment`` has ``auto_requeue`` on.
+    """
+
+    def __init__(self, requeue: bool | None = None) -> None:
+        self.requeue = requeue
+        self._previous: dict[int, object] = {}
+        self._trainer = None
+        self._module = None
+        self._stopped = False
+
+    # -- the flag the module reads -------------------------------------------------
+    @staticmethod
+    def _flag(pl_module) -> StopFlag:
+        flag = getattr(pl_module, "stop_flag", None)
+        if flag is None:
+            flag = pl_module.stop_flag = StopFlag()
+        return flag
+
+    def _signals(self, trainer) -> tuple[int, ...]:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = trainer._accelerator_connector.cluster_environment  # Lightning's own signal connector reads it so
+        if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
+            return (*STOP_SIGNALS, int(env.requeue_signal))
+        return STOP_SIGNALS
+
+    def _install(self, trainer) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self._signals(trainer):
+            if signum not in self._previous:
+                self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._trainer, self._module = trainer, pl_module
+        self._flag(pl_module).distributed = trainer.world_size > 1
+        self._install(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning registers its SIGTERM handler after `setup` (Trainer._run): ours replaces it (see the
+        # module docstring for why); its SIGUSR1 requeue handler stood aside, as ours was there first
+        self._install(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    # -- the signal -------------------------------------------------------------------
+    def _handle(self, signum: int, frame) -> None:
+        flag = self._flag(self._module)
+        name = signal.Signals(signum).name
+        if flag.requested:
+            _print(f"{name} again: stopping now; the last complete checkpoint stands")
+            self._kill_workers()
+            os._exit(128 + signum)
+        flag.signum = signum
+        step = self._trainer.global_step if self._trainer is not None else 0
+        if flag.abandonable and not flag.distributed:
+            _print(f"{name}: abandoning step {step + 1} (its rollouts are re-run on resume), writing the checkpoint "
+                   f"of step {step} (send {name} again to stop at once)")
+            raise StepAbandoned
+        _print(f"{name}: stopping after the current step or evaluation, then writing a checkpoint "
+               f"(send {name} again to stop at once)")
+
+    def _kill_workers(self) -> None:
+        rollout = getattr(self._module, "rollout", None)
+        for pid in getattr(rollout, "worker_pids", []) if rollout is not None else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    # -- where the run stops -------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        flag = self._flag(pl_module)
+        requested = flag.requested
+        if flag.distributed:  # every rank stops after the same step
+            requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
+        if requested:
+            raise RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, self._save(trainer))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, StepAbandoned) or self._stopped:
+            return
+        restore = getattr(pl_module, "restore_step_start", None)
+        if restore is not None:
+            restore()
+        path = self._save(trainer)
+        exception.stopped = RunStopped(self._flag(pl_module).signum or signal.SIGTERM, trainer.global_step, path)
+
+    def _path(self, trainer) -> Path:
+        cb = trainer.checkpoint_callback
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath is not None:
+            name = cb.format_checkpoint_name({"epoch": trainer.current_epoch, "step": trainer.global_step},
+                                             cb.CHECKPOINT_NAME_LAST)
+            return Path(cb.dirpath) / Path(name).name
+        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    def _requeues(self, trainer) -> bool:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        if os.environ.get("SLURM_JOB_ID") is None:
+            return False
+        env = trainer._accelerator_connector.cluster_environment
+        return self.requeue if self.requeue is not None else (isinstance(env, SLURMEnvironment) and env.auto_requeue)
+
+    def _save(self, trainer) -> str:
+        self._stopped = True
+        requeue = self._requeues(trainer)
+        if requeue:
+            # Lightning's Slurm resume: a requeued job started without --ckpt_path loads the newest
+            # <default_root_dir>/hpc_ckpt_<n>.ckpt (its checkpoint connector's own naming, a private helper)
+            from lightning.pytorch.trainer.connectors.checkpoint_connector import (
+                _CheckpointConnector,
+            )
+
+            path = _CheckpointConnector.hpc_save_path(trainer.default_root_dir)
+        else:
+            path = str(self._path(trainer))
+        path = str(trainer.strategy.broadcast(path))
+        trainer.save_checkpoint(path)
+        if not requeue and isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+            trainer.checkpoint_callback.last_model_path = path
+        if requeue and trainer.is_global_zero:
+            self._requeue()
+        return path
+
+    @staticmethod
+    def _requeue() -> None:
+        job = os.environ["SLURM_JOB_ID"]
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        if array is not None:
+            job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        result = subprocess.call(["scontrol", "requeue", job])  # Lightning's requeue command
+        _print(f"requeued Slurm job {job}: it resumes from this checkpoint" if result == 0
+               else f"requeueing Slurm job {job} failed (exit {result})")
+
+
+class StepSnapshot:
+    """The step-start copy of a GRPO module's per-step state (what :func:`vla_grpo.resume.gather_resume_state`
+    saves), put back when a step is abandoned."""
+
+    def __init__(self) -> None:
+        self._state = None
+
+    def take(self, state: dict) -> None:
+        self._state = copy.deepcopy(state)
+
+    def get(self) -> dict:
+        if self._state is None:
+            raise RuntimeError("no step-start state was taken")
+        return self._state
+
+
+__all__ = ["RunStopped", "SafeStop", "StepAbandoned", "StepSnapshot", "StopFlag", "STOP_SIGNALS"]
