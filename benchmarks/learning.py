@@ -27,6 +27,8 @@ that ``docs/RESULTS.md`` quotes.
     python benchmarks/learning.py --seeds 0 1 2                         # everything (hours on 2 cores)
     python benchmarks/learning.py --seeds 0 --variants full zero_demo   # a subset
     python benchmarks/learning.py --report-only                         # re-read finished runs
+    python benchmarks/learning.py --seeds 0 1 2 --variants full extra_demos --policy flow \
+        --out runs/learning_flow                                        # the flow-matching policy (issue 30)
     python benchmarks/learning.py --seen-per-family 6 --sft-steps 2000 --max-steps 300 --val-every 100 \
         --variants low_lr extra_demos --arm-a low_lr --out runs/learning_all   # on all 18 seen tasks
 """
@@ -46,6 +48,9 @@ from vla_grpo.tb import read_scalars  # noqa: E402
 
 CONFIG = "conf/quickstart.yaml"
 SFT_CONFIG = "conf/sft_tabletop.yaml"
+#: --policy: the quickstart config and the SFT config of each policy family
+POLICIES = {"token": ("conf/quickstart.yaml", "conf/sft_tabletop.yaml"),
+            "flow": ("conf/quickstart_flow.yaml", "conf/sft_tabletop_flow.yaml")}
 VARIANTS = {
     "full": [],
     "no_dynamic_sampling": ["--model.dynamic_sampling=false"],
@@ -359,10 +364,15 @@ def main() -> None:
                         help="steps of the 1-demo SFT stage (default: the config's 1000, sized for 6 tasks)")
     parser.add_argument("--val-every", type=int, default=None, help="GRPO steps between evals (default: the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
+    parser.add_argument("--policy", default="token", choices=list(POLICIES),
+                        help="the reading VLA's action head: tokens (conf/quickstart.yaml) or flow matching "
+                             "(conf/quickstart_flow.yaml)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--arm-a", default="full", choices=[v for v in VARIANTS if v != "extra_demos"],
                         help="the RL variant that the paired, per-task and held-out-curve reports compare")
     args = parser.parse_args()
+    global CONFIG, SFT_CONFIG
+    CONFIG, SFT_CONFIG = POLICIES[args.policy]
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict | None]] = {}
     for variant in args.variants:

@@ -1,4 +1,5 @@
-"""The committed bases (checkpoints/tabletop_base, checkpoints/bimanual_base) are what their commands make, and load."""
+"""The committed bases (checkpoints/tabletop_base, bimanual_base and their flow-matching twins) are what their
+commands make, and load."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vla_grpo.policies import ReadingVLAPolicy
+from vla_grpo.policies import FlowVLAPolicy, ReadingVLAPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: base directory -> (its pretraining config, the splits its card reports, action dim)
@@ -17,6 +18,9 @@ BASES = {
     "tabletop_base": ("conf/pretrain_tabletop.yaml",
                       {"train", "unseen_spatial", "unseen_object", "unseen_goal", "paraphrase"}, 7),
     "bimanual_base": ("conf/pretrain_robotwin.yaml", {"train", "unseen"}, 14),
+    "tabletop_flow_base": ("conf/pretrain_tabletop_flow.yaml",
+                           {"train", "unseen_spatial", "unseen_object", "unseen_goal", "paraphrase"}, 7),
+    "bimanual_flow_base": ("conf/pretrain_robotwin_flow.yaml", {"train", "unseen"}, 14),
 }
 
 
@@ -24,8 +28,12 @@ BASES = {
 def test_the_committed_base_loads_with_its_card(name):
     base, (config, splits, action_dim) = ROOT / "checkpoints" / name, BASES[name]
     state_dim = {7: 8, 14: 16}[action_dim]
-    policy = ReadingVLAPolicy(pretrained_path=str(base), action_dim=action_dim, state_dim=state_dim)
-    assert policy.pretrained and policy.vocab_size == 32 and policy.image_size == 64
+    if "flow" in name:
+        policy = FlowVLAPolicy(pretrained_path=str(base), action_dim=action_dim, state_dim=state_dim)
+        assert policy.pretrained and policy.image_size == 64 and policy.num_steps == 4
+    else:
+        policy = ReadingVLAPolicy(pretrained_path=str(base), action_dim=action_dim, state_dim=state_dim)
+        assert policy.pretrained and policy.vocab_size == 32 and policy.image_size == 64
     assert policy.action_dim == action_dim
     card = json.loads((base / "zero_shot.json").read_text())
     assert set(card["success"]) == splits and card["command"].endswith(config)
