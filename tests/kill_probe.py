@@ -103,7 +103,10 @@ class KillAt(Callback):
             if checkpoint.get("global_step") == step:
                 counter = [0]
                 if at_byte >= 0:
-                    torch.save = lambda obj, f, *a, **k: real_save(obj, _KillAfter(f, at_byte, counter), *a, **k)
+                    def counted(obj, f, *a, **k):  # Lightning saves meta.pt by path, DCP its items into streams
+                        f = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f  # noqa: SIM115
+                        return real_save(obj, _KillAfter(f, at_byte, counter), *a, **k)
+                    torch.save = counted
                 elif at_byte == -1:
                     ckpt.publish_folder = lambda *a, **k: _kill()
                 else:

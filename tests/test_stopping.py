@@ -103,6 +103,8 @@ def _stop_and_resume(run: Path, step: int, phase: str, signum: int, env: dict | 
     resumed = _fit(run, env=env) if env else _fit(run, "--ckpt_path=last")  # Lightning's "last": the stop's
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored all states from the checkpoint at {ckpt}" in resumed.stdout + resumed.stderr
+    # the resumed run's ModelCheckpoint owns the stop's last.ckpt: it overwrote it, wrote no last-v1.ckpt
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["last.ckpt"]
     return saved_at
 
 

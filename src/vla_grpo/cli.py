@@ -325,8 +325,9 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     except (RunStopped, StepAbandoned) as err:  # a signal stopped the run (vla_grpo.stopping): 128 + signal
         stopped = err if isinstance(err, RunStopped) else getattr(err, "stopped", None)
-        if stopped is None:  # abandoned before a checkpoint could be written (e.g. during setup)
+        if stopped is None:  # abandoned, but no checkpoint could be written
+            signum = err.args[0] if err.args else 2
             print("stopped by a signal before any checkpoint was written", file=sys.stderr)
-            raise SystemExit(128 + 2) from None
+            raise SystemExit(128 + signum) from None
         print(str(stopped), file=sys.stderr)
         raise SystemExit(128 + stopped.signum) from None

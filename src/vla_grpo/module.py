@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 
 import lightning as L
 import torch
@@ -292,7 +293,7 @@ class GRPOModule(L.LightningModule):
                 break
             if stop is not None and self._reduce(float(stop.requested), "max") > 0:
                 # a rank was signalled: every rank abandons the step here, at the same round boundary
-                raise StepAbandoned
+                raise StepAbandoned(stop.signum or int(signal.SIGTERM))
             returns, round_unstable, filler = self._rollout_round()
             successes += float(returns.sum())
             episodes += returns.numel()

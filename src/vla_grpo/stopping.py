@@ -64,7 +64,7 @@ class RunStopped(Exception):
 
 class StepAbandoned(BaseException):
     """Raised into a GRPO step's rollout to abandon it (a ``BaseException``: no ``except Exception`` in a
-    rollout's retry path may swallow it)."""
+    rollout's retry path may swallow it); ``args[0]`` is the signal."""
 
 
 class StopFlag:
@@ -99,6 +99,7 @@ class SafeStop(Callback):
         self._trainer = None
         self._module = None
         self._stopped = False
+        self._active = False
 
     # -- the flag the module reads -------------------------------------------------
     @staticmethod
@@ -127,7 +128,7 @@ class SafeStop(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        self._trainer, self._module = trainer, pl_module
+        self._trainer, self._module, self._active = trainer, pl_module, True
         self._flag(pl_module).distributed = trainer.world_size > 1
         self._install(trainer)
 
@@ -139,12 +140,19 @@ class SafeStop(Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
+        self._active = False
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
 
     # -- the signal -------------------------------------------------------------------
     def _handle(self, signum: int, frame) -> None:
+        if not self._active:  # after the fit (Lightning's teardown may put this handler back): as before it
+            previous = self._previous.get(signum)
+            if callable(previous):
+                return previous(signum, frame)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            os.kill(os.getpid(), signum)
+            return None
         flag = self._flag(self._module)
         name = signal.Signals(signum).name
         if flag.requested:
@@ -156,7 +164,7 @@ class SafeStop(Callback):
         if flag.abandonable and not flag.distributed:
             _print(f"{name}: abandoning step {step + 1} (its rollouts are re-run on resume), writing the checkpoint "
                    f"of step {step} (send {name} again to stop at once)")
-            raise StepAbandoned
+            raise StepAbandoned(signum)
         _print(f"{name}: stopping after the current step or evaluation, then writing a checkpoint "
                f"(send {name} again to stop at once)")
 
@@ -216,9 +224,11 @@ class SafeStop(Callback):
         else:
             path = str(self._path(trainer))
         path = str(trainer.strategy.broadcast(path))
-        trainer.save_checkpoint(path)
         if not requeue and isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+            # before the save, so the checkpoint's ModelCheckpoint state owns the file: the resumed run
+            # overwrites this last.ckpt instead of writing last-v1.ckpt beside it
             trainer.checkpoint_callback.last_model_path = path
+        trainer.save_checkpoint(path)
         if requeue and trainer.is_global_zero:
             self._requeue()
         return path
