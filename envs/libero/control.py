@@ -46,14 +46,13 @@ class FastControlStep:
         self.model, self.data = model, env.sim.data._data
         self._check(env, model)
         robot = env.robots[0]
-        self.robot, self.controller, self.gripper = robot, robot.controller, robot.gripper
-        ctrl = self.controller
+        self.robot, ctrl = robot, robot.controller  # robosuite makes a new controller at every reset: read it per step
         self._site = int(model.site(ctrl.eef_name).id)
         self._qpos = np.asarray(ctrl.qpos_index)
         self._qvel = np.asarray(ctrl.qvel_index)
         self._arm_actuators = np.asarray(robot._ref_joint_actuator_indexes)
         self._torque_low, self._torque_high = robot.torque_limits  # the model's ctrlrange: fixed
-        grip = np.array([model.actuator(a).id for a in self.gripper.actuators])
+        grip = np.array([model.actuator(a).id for a in robot.gripper.actuators])
         crange = model.actuator_ctrlrange[grip]
         self._grip_actuators = grip
         self._grip_bias = 0.5 * (crange[:, 1] + crange[:, 0])
@@ -88,25 +87,25 @@ class FastControlStep:
 
     def _control(self, action: np.ndarray, policy_step: bool) -> None:
         """robosuite's ``SingleArm.control`` for one substep (its arithmetic, the state fed directly)."""
-        ctrl = self.controller
+        ctrl = self.robot.controller
         if ctrl.new_update:  # as its update(): after a reset robosuite keeps the pre-reset state for a substep
-            self._fill_controller_state()
+            self._fill_controller_state(ctrl)
         arm_action = action[: self._control_dim]
         if policy_step:
             ctrl.set_goal(arm_action)
         torques = np.clip(ctrl.run_controller(), self._torque_low, self._torque_high)
-        grip = self.gripper.format_action(action[self._control_dim :])
+        grip = self.robot.gripper.format_action(action[self._control_dim :])
         self.data.ctrl[self._grip_actuators] = self._grip_bias + self._grip_weight * grip
         self.data.ctrl[self._arm_actuators] = torques
         self.robot.torques = torques
 
-    def _fill_controller_state(self) -> None:
+    def _fill_controller_state(self, ctrl) -> None:
         """What robosuite's ``Controller.update()`` reads after its ``mj_forward``, computed the same way.
 
         The same MuJoCo calls and the same numpy products (velocities as the full
         ``(3, nv)`` Jacobian times ``qvel``) keep the values identical to robosuite's.
         """
-        ctrl, model, data = self.controller, self.model, self.data
+        model, data = self.model, self.data
         jacp, jacr = self._jacp, self._jacr
         mujoco.mj_jacSite(model, data, jacp, jacr, self._site)
         ctrl.ee_pos = data.site_xpos[self._site].copy()
