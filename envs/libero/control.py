@@ -6,8 +6,9 @@ control step, ``mj_forward``, the robot's controller (whose ``update()`` calls
 ``nv x nv`` mass matrix) and ``mj_step`` (a third forward pass, then the
 integrator): three forward passes where the physics needs one. After the
 substeps it evaluates LIBERO's goal predicates twice (``reward`` and LIBERO's
-``step``) and gathers the observables, none of which a :class:`.sim.LiberoSim`
-reads.
+``step``), gathers the observables and fills the robot's history buffers
+(``recent_qpos``, ``recent_ee_acc``...: LIBERO reads none), none of
+which a :class:`.sim.LiberoSim` reads.
 
 Here each substep is MuJoCo's documented split of ``mj_step``: ``mj_step1``
 (positions and velocities: everything the controller reads), the controller,
