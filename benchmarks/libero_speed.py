@@ -219,14 +219,12 @@ class Sections:
         self._undo = []
 
 
-def profile_step(loop: OursLoop, decisions: int) -> dict[str, float]:
-    """Milliseconds per control step by section, over ``decisions`` chunks of one episode (no reset)."""
+def profile_step(loop: OursLoop, decisions: int, sections: Sections) -> int:
+    """Time ``decisions`` chunks of the episode in progress by section into ``sections``; the steps run."""
     import mujoco
 
-    loop.reset()
     sim = loop.env.sims[0]
     stepper = getattr(sim._advance, "__self__", None)
-    sections = Sections()
     for fn in ("mj_forward", "mj_step", "mj_step1", "mj_step2"):  # robosuite and FastControlStep call them so
         sections.wrap(mujoco, fn, "physics")
     if type(stepper).__name__ == "FastControlStep":
@@ -243,8 +241,19 @@ def profile_step(loop: OursLoop, decisions: int) -> dict[str, float]:
             loop.decide()
     finally:
         sections.undo()
-    steps = sim.steps - steps0
-    return {k: 1e3 * v / steps for k, v in sections.seconds.items()}
+    return sim.steps - steps0
+
+
+def profile(loops: dict[str, OursLoop], decisions: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per control step by section of each loop, over one episode each, the loops taking turns."""
+    sections = {k: Sections() for k in loops}
+    steps = dict.fromkeys(loops, 0)
+    for loop in loops.values():
+        loop.reset()
+    for _ in range(rounds):
+        for k, loop in loops.items():
+            steps[k] += profile_step(loop, decisions // rounds, sections[k])
+    return {k: {part: 1e3 * v / steps[k] for part, v in sections[k].seconds.items()} for k in loops}
 
 
 PARTS = ("physics", "controller", "success", "step rest", "render", "env wrapper")
@@ -289,8 +298,8 @@ def compare_size(suite_name: str, tasks: list[int], image_size: int, chunk: int,
         ok = "OK" if ratios["new/old"] >= TARGET_NEW_OVER_OLD else "MISSED"
         print("  ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
               + f"   (new/old target >= {TARGET_NEW_OVER_OLD}x: {ok})")
-        decisions = max(1, (suite.all_tasks()[0].max_steps - 1) // chunk)
-        print_profile({k: profile_step(loops[k], decisions) for k in ("new", "old")}, chunk)
+        decisions = max(rounds, (suite.all_tasks()[0].max_steps - 1) // chunk)  # one episode, no reset in it
+        print_profile(profile({k: loops[k] for k in ("new", "old")}, decisions, rounds), chunk)
         return ratios
     finally:
         for loop in loops.values():
