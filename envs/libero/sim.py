@@ -46,7 +46,7 @@ class LiberoSim:
         task: the task (BDDL file, benchmark and index for the init states).
         cameras: MuJoCo camera names the env renders (``agentview`` and optionally the wrist camera).
         reference_step: step with robosuite's own ``env.step`` instead of :class:`.control.FastControlStep`
-            (the same trajectory, ~2x slower: for the equality test and the speed benchmark).
+            (the same trajectory, ~2.5x slower a control step: for the equality test and the speed benchmark).
     """
 
     def __init__(self, task: LiberoTask, cameras: tuple[str, ...] = ("agentview",),
