@@ -89,7 +89,9 @@ class FastControlStep:
     def _control(self, action: np.ndarray, policy_step: bool) -> None:
         """robosuite's ``SingleArm.control`` for one substep (its arithmetic, the state fed directly)."""
         ctrl = self.robot.controller
-        if ctrl.new_update:  # as its update(): after a reset robosuite keeps the pre-reset state for a substep
+        # as its update(), only when re-armed: after reset + set_init_state robosuite's first substep
+        # still uses the state its reset read (then set_goal and the torques start from it)
+        if ctrl.new_update:
             self._fill_controller_state(ctrl)
         arm_action = action[: self._control_dim]
         if policy_step:
