@@ -9,13 +9,15 @@ time goes: physics, rendering, and the rest (TensorDict/obs/reset overhead).
     python benchmarks/env_speed.py --num-envs 8 --seconds 10
     python benchmarks/env_speed.py --image-size 224 --wrist-camera
     python benchmarks/env_speed.py --suite bimanual --image-size 64   # two arms, 14-D actions
-    python benchmarks/env_speed.py --suite libero --seconds 30        # ours vs the plain LIBERO loop
+    python benchmarks/env_speed.py --suite libero --seconds 30        # new vs old step vs plain LIBERO, 64 + 128 px
 
 Target: >= 500 env-steps/s per core at the defaults (bimanual: >= 300). With
 ``--suite libero`` (needs ``pip install -e '.[libero]'``) it runs our LIBERO env
-and the plain LIBERO loop (``OffScreenRenderEnv``, a frame every control step,
-as the paper's code runs it) on the same tasks in one run and prints the ratio
-(target >= 5x); see :mod:`benchmarks.libero_speed`.
+with the fast control step, the same env with robosuite's own step, and the
+plain LIBERO loop (``OffScreenRenderEnv``, a frame every control step, as the
+paper's code runs it) on the same tasks, taking turns in one run, at each of
+``--image-sizes``, and prints their ratios and a per-step profile; see
+:mod:`benchmarks.libero_speed`.
 """
 from __future__ import annotations
 
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-sizes", default="64,128", help="with --suite libero: camera sizes, one after another")
+    parser.add_argument("--rounds", type=int, default=3, help="with --suite libero: turns the three loops take")
     parser.add_argument("--wrist-camera", action="store_true")
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -101,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.suite == "libero":
         from libero_speed import compare
 
-        compare(args.libero_suite, [int(t) for t in args.tasks.split(",")], args.image_size, args.chunk_size,
-                args.seconds, args.wrist_camera)
+        compare(args.libero_suite, [int(t) for t in args.tasks.split(",")],
+                [int(s) for s in args.image_sizes.split(",")], args.chunk_size, args.seconds, args.wrist_camera,
+                args.rounds)
         return
     if args.suite == "bimanual":
         from vla_grpo.envs.bimanual import BimanualSuite

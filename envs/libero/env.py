@@ -39,10 +39,13 @@ class LiberoBatchEnv(SceneEnv):
         num_envs: number of sub-envs.
         chunk_size: control steps per action chunk (``H``).
         seed: unused: initial states are LIBERO's fixed ones, picked by ``init_state_id``.
+        reference_step: build simulators stepped by robosuite's own ``env.step`` (the same trajectories,
+            slower; see :class:`.sim.LiberoSim`): the "before" of ``benchmarks/libero_speed.py``.
     """
 
-    def __init__(self, suite, *, num_envs: int, chunk_size: int, seed: int = 0) -> None:
+    def __init__(self, suite, *, num_envs: int, chunk_size: int, seed: int = 0, reference_step: bool = False) -> None:
         super().__init__(suite, num_envs=num_envs, chunk_size=chunk_size, seed=seed)
+        self._reference_step = bool(reference_step)
         self._renderer = LiberoRenderer(suite.image_size)
         self._cameras = ("agentview", "robot0_eye_in_hand") if suite.wrist_camera else ("agentview",)
         self._free: dict[int, list[LiberoSim]] = {}
@@ -61,7 +64,7 @@ class LiberoBatchEnv(SceneEnv):
         if free:
             return free.pop()
         self._evict(self._max_sims - 1)
-        sim = LiberoSim(self.suite.task(task_index), self._cameras)
+        sim = LiberoSim(self.suite.task(task_index), self._cameras, reference_step=self._reference_step)
         sim.task_index = task_index
         self._num_sims += 1
         return sim

@@ -9,8 +9,10 @@ a ``ControlEnv`` without an offscreen renderer, with every observable disabled
 (robosuite's own ``modify_observable``) and ``hard_reset=False`` (a reset
 re-samples the scene in the loaded model instead of re-parsing and compiling
 the XML, ~0.03 s instead of ~2 s); the env renders the frames itself, once per
-decision (:mod:`.render`). The state handed to the policy is OpenVLA-OFT's
-LIBERO proprio, read straight from MuJoCo.
+decision (:mod:`.render`). A control step is :class:`.control.FastControlStep`:
+robosuite's step (same controller arithmetic, same trajectory) without its
+repeated forward passes and unused success checks. The state handed to the
+policy is OpenVLA-OFT's LIBERO proprio, read straight from MuJoCo.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import io
 import mujoco
 import numpy as np
 
+from .control import FastControlStep
 from .tasks import NUM_STEPS_WAIT, STATE_DIM, LiberoTask
 
 #: the no-op LIBERO's evaluations send while objects settle: hold still, gripper open
@@ -42,9 +45,12 @@ class LiberoSim:
     Args:
         task: the task (BDDL file, benchmark and index for the init states).
         cameras: MuJoCo camera names the env renders (``agentview`` and optionally the wrist camera).
+        reference_step: step with robosuite's own ``env.step`` instead of :class:`.control.FastControlStep`
+            (the same trajectory, ~2.5x slower a control step: for the equality test and the speed benchmark).
     """
 
-    def __init__(self, task: LiberoTask, cameras: tuple[str, ...] = ("agentview",)) -> None:
+    def __init__(self, task: LiberoTask, cameras: tuple[str, ...] = ("agentview",),
+                 reference_step: bool = False) -> None:
         from libero.libero.envs.env_wrapper import ControlEnv
 
         self.task = task
@@ -67,6 +73,7 @@ class LiberoSim:
         #: the scripted expert's per-episode memory (phase, grasp), cleared at reset
         self.expert_memory: dict = {}
         self._state_spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        self._advance = self.env.step if reference_step else FastControlStep(self.env.env).step
 
     # -- episode ---------------------------------------------------------
     def reset(self, init_state_id: int) -> None:
@@ -87,7 +94,7 @@ class LiberoSim:
         self.robot.gripper.current_action = np.zeros_like(self.robot.gripper.current_action)
         self.env.set_init_state(self.init_states[init_state_id])
         for _ in range(NUM_STEPS_WAIT):
-            self.env.step(WAIT_ACTION)
+            self._advance(WAIT_ACTION)
         self.steps = 0
         self._success = bool(self.env.check_success())
         self.expert_memory = {}
@@ -109,7 +116,7 @@ class LiberoSim:
 
     def step(self, action: np.ndarray) -> None:
         """One 20 Hz control step of LIBERO's OSC_POSE controller (25 physics substeps)."""
-        self.env.step(np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0))
+        self._advance(np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0))
         self.steps += 1
         self._success = None  # evaluated on demand: most steps only need it once
 
