@@ -209,6 +209,7 @@ def _kill_in_save(run: Path, fmt: str, at_byte: int) -> int:
     return _weights(last)[1]
 
 
+@pytest.mark.slow  # tests/test_fsdp.py saves and resumes through the atomic sharded writer in the default suite
 def test_a_kill_during_a_sharded_save_keeps_the_previous_checkpoint(tmp_path):
     """FSDP2 on 2 processes (gloo): killed half-way through rank 0's shards of step 3, last.ckpt is still
     step 2's complete folder, and a resumed run completes from it."""
