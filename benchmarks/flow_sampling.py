@@ -2,7 +2,8 @@
 
 Loads the policy weights of a flow SFT or GRPO checkpoint (``FlowVLAPolicy``,
 default sizes) and rolls out every seen task from initial states
-``0..states-1`` (the eval states; SFT demos start at 25), once per setting::
+``first_state..first_state+states-1`` (default 0: the eval states; GRPO trains on 10+ and SFT's demos
+start at 25), once per setting::
 
     python benchmarks/flow_sampling.py runs/sft_tabletop_flow/checkpoints/last.ckpt --seen-per-family 1 \\
         --steps 1 2 3 4 6 10 --sigma 0.1 0.2 0.3 0.5
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--seen-per-family", type=int, default=None, help="the suite's seen tasks per family")
     parser.add_argument("--states", type=int, default=25, help="initial states per task")
+    parser.add_argument("--first-state", type=int, default=0,
+                        help="the first initial state (0: the eval states; 10+: GRPO's train states at "
+                             "eval_states_per_task=10, never evaluated, so fit for choosing a knob)")
     parser.add_argument("--steps", type=int, nargs="*", default=[1, 2, 4, 10], help="K for greedy (ODE) rollouts")
     parser.add_argument("--sigma", type=float, nargs="*", default=[0.1, 0.3, 0.5], help="sigma for sampled rollouts")
     parser.add_argument("--sample-steps", type=int, default=4, help="K of the sampled rollouts")
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from vla_grpo.rollout import GroupedRollout
 
     suite = TabletopSuite(image_size=64, seen_per_family=args.seen_per_family)
-    prompts = [Prompt(i, s) for i, t in enumerate(suite.all_tasks()) if t.split == "train" for s in range(args.states)]
+    prompts = [Prompt(i, s) for i, t in enumerate(suite.all_tasks()) if t.split == "train" for s in range(args.first_state, args.first_state + args.states)]
     policy = FlowVLAPolicy(action_dim=7, chunk_size=8, state_dim=8, image_size=64)
     init_from_checkpoint(policy, args.checkpoint)
     rollout = GroupedRollout(suite, num_envs=len(prompts), chunk_size=8, num_workers=args.workers)
