@@ -41,9 +41,13 @@ def measure(states: int, shard: tuple[int, int]) -> None:
 
 
 def _kind(message: str) -> str:
-    """``"close"`` or ``"in + close"``: the predicates of the goal the expert has no skill for."""
+    """``"close"`` or ``"in + close"``: the predicates of the goal the expert has no skill for (or the
+    expert's own reason, e.g. an object wider than the gripper every way)."""
     import ast
+    import re
 
+    if "[" not in message:
+        return re.sub(r"^\w+_\d+ ", "<object> ", message)
     goal = ast.literal_eval(message[message.index("["):])
     parts = goal if isinstance(goal[0], list) else [goal]
     return " + ".join(p[0] for p in parts)
