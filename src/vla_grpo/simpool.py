@@ -97,7 +97,8 @@ def _die_with_parent() -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before the call above: nobody will close us
+        parent = mp.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # it died before the call above: nobody closes us
             os._exit(0)
 
 
