@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
+from contextlib import nullcontext
 
 import lightning as L
 import torch
@@ -44,14 +44,12 @@ from vla_grpo.resume import (
     RESUME_KEY,
     TrainingRNG,
     gather_resume_state,
-    load_rank_state,
-    rank_state,
     restore_resume_state,
+    step_restorer,
 )
 from vla_grpo.rollout import GroupedRollout
-from vla_grpo.sharding import full_norm, is_sharded, shard_policy
+from vla_grpo.sharding import grad_norm, is_sharded, shard_policy
 from vla_grpo.stages import SFTStage
-from vla_grpo.stopping import StepAbandoned, StepSnapshot
 
 
 class _StepTicker(IterableDataset):
@@ -62,12 +60,6 @@ class _StepTicker(IterableDataset):
         while True:
             yield step
             step += 1
-
-
-def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
-    """The total 2-norm of ``module``'s gradients (what norm clipping compares with its bound)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return full_norm(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros(())
 
 
 def _first_train_state(train_first_state: int | None, eval_states_per_task: int) -> int:
@@ -178,7 +170,6 @@ class GRPOModule(L.LightningModule):
         self.sft = sft
         self.nonfinite = NonFiniteGuard(max_nonfinite_updates)
         self.training_rng = TrainingRNG()
-        self.step_start = StepSnapshot()  # what an abandoned step puts back (vla_grpo.stopping)
         init_from_checkpoint(self.policy, init_from)
         check_policy_fits_suite(self.policy, self.suite)
 
@@ -260,16 +251,11 @@ class GRPOModule(L.LightningModule):
     # -- the GRPO step -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
         stop = getattr(self, "stop_flag", None)  # set by vla_grpo.stopping.SafeStop
-        if stop is not None:
-            self.step_start.take(rank_state(self))
+        # a signal during the rounds abandons the step: its state goes back, its rounds are re-run on resume
+        rounds = stop.abandonable_rounds(step_restorer(self)) if stop is not None else nullcontext()
         with self.training_rng.fork(self.device):
-            if stop is not None:
-                stop.abandonable = True  # a signal now abandons the step: its rounds are re-run on resume
-            try:
+            with rounds:
                 data, filler, rollout_metrics = self.collect()
-            finally:
-                if stop is not None:
-                    stop.abandonable = False
             metrics = self.update(data, filler)
         metrics.update(rollout_metrics)
         self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
@@ -291,9 +277,8 @@ class GRPOModule(L.LightningModule):
         while rounds < self.hparams.max_rollout_rounds:
             if self._reduce(self.buffer.num_groups, "min") >= need:
                 break
-            if stop is not None and self._reduce(float(stop.requested), "max") > 0:
-                # a rank was signalled: every rank abandons the step here, at the same round boundary
-                raise StepAbandoned(stop.signum or int(signal.SIGTERM))
+            if stop is not None:  # a rank was signalled: every rank abandons the step here, together
+                stop.abandon_if_requested(lambda flag: self._reduce(flag, "max") > 0)
             returns, round_unstable, filler = self._rollout_round()
             successes += float(returns.sum())
             episodes += returns.numel()
@@ -381,7 +366,7 @@ class GRPOModule(L.LightningModule):
             out["loss"] = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        norm = _grad_norm(self.policy)
+        norm = grad_norm(self.policy)
         if self.nonfinite.skip(loss, norm, step=self.global_step, on_any_rank=lambda bad: self._reduce(bad) > 0):
             # the optimizer skips parameters whose grad is None: weights and AdamW's moments stay
             opt.zero_grad(set_to_none=True)
@@ -409,10 +394,6 @@ class GRPOModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if getattr(self, "sampler", None) is not None:
             restore_resume_state(self, checkpoint.get(RESUME_KEY))
-
-    def restore_step_start(self) -> None:
-        """Put back the step-start state of what the rollout rounds change (an abandoned step)."""
-        load_rank_state(self, self.step_start.get())
 
     # -- evaluation ---------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> dict[str, list[bool]]:

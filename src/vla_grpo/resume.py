@@ -8,6 +8,7 @@ initial state and actions). Under DDP rank 0's file holds every rank's state, ga
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -40,8 +41,7 @@ class TrainingRNG:
                 self.state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
 
 
-def rank_state(module) -> dict:
-    """This rank's part of the resume state (live objects: copy it to keep it)."""
+def _rank_state(module) -> dict:
     return {"sampler": module.sampler.state_dict(), "buffer": module.buffer.state_dict(),
             "group_ids": module.group_ids.state_dict(), "traj_ids": module.traj_ids.state_dict(),
             "rng": module.training_rng.state, "nonfinite_in_a_row": module.nonfinite.in_a_row}
@@ -49,7 +49,7 @@ def rank_state(module) -> dict:
 
 def gather_resume_state(module) -> dict:
     """``{world_size, ranks: [state of rank 0, ...]}`` (called on every rank at save)."""
-    state, world = rank_state(module), module.trainer.world_size
+    state, world = _rank_state(module), module.trainer.world_size
     if world > 1:
         # Lightning's strategies gather tensors only; these are dicts of tensors and numbers
         import torch.distributed as dist
@@ -80,11 +80,17 @@ def restore_resume_state(module, resume: dict | None) -> None:
             count = max(r[name]["count"] for r in resume["ranks"]) * resume["world_size"]
             getattr(module, name).load_state_dict({"count": -(-count // world)})
         return
-    load_rank_state(module, resume["ranks"][rank])
+    _load_rank_state(module, resume["ranks"][rank])
 
 
-def load_rank_state(module, state: dict) -> None:
-    """Put one rank's state (:func:`rank_state`) back."""
+def step_restorer(module):
+    """A copy of this rank's state now, as a function that puts it back (an abandoned step,
+    :mod:`vla_grpo.stopping`)."""
+    state = copy.deepcopy(_rank_state(module))
+    return lambda: _load_rank_state(module, state)
+
+
+def _load_rank_state(module, state: dict) -> None:
     module.sampler.load_state_dict(state["sampler"])
     module.buffer.load_state_dict(state["buffer"])
     module.group_ids.load_state_dict(state["group_ids"])
@@ -93,4 +99,4 @@ def load_rank_state(module, state: dict) -> None:
     module.nonfinite.in_a_row = int(state["nonfinite_in_a_row"])
 
 
-__all__ = ["RESUME_KEY", "TrainingRNG", "gather_resume_state", "load_rank_state", "rank_state", "restore_resume_state"]
+__all__ = ["RESUME_KEY", "TrainingRNG", "gather_resume_state", "restore_resume_state", "step_restorer"]

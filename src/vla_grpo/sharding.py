@@ -82,9 +82,14 @@ def gathered(policy: nn.Module):
             unit.set_reshard_after_forward(True, recurse=False)
 
 
-def full_norm(norm: torch.Tensor) -> torch.Tensor:
-    """A gradient norm as a plain tensor (FSDP2's gradients are sharded ``DTensor``s)."""
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    """The total 2-norm of ``module``'s gradients (what norm clipping compares with its bound), as a plain
+    tensor: FSDP2's gradients are sharded ``DTensor``s, whose norm is gathered."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.nn.utils.get_total_norm(grads)
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-__all__ = ["full_norm", "gathered", "is_sharded", "shard_policy"]
+__all__ = ["gathered", "grad_norm", "is_sharded", "shard_policy"]

@@ -37,12 +37,13 @@ does, and the requeue is Lightning's command.
 """
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -69,16 +70,31 @@ class StepAbandoned(BaseException):
 
 class StopFlag:
     """What a module shares with :class:`SafeStop`: whether a stop was asked, and whether its step can
-    be abandoned right now (a GRPO module sets ``abandonable`` around its rollout rounds)."""
+    be abandoned right now (a GRPO module runs its rollout rounds inside :meth:`abandonable_rounds`)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.abandonable = False
         self.distributed = False  # True: never raise from the handler, the ranks agree at round starts
+        self.restore: Callable[[], None] | None = None  # puts back the abandonable phase's start state
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    @contextmanager
+    def abandonable_rounds(self, restore: Callable[[], None]):
+        """While inside, a signal abandons the step; ``restore`` puts back the state from before it."""
+        self.restore, self.abandonable = restore, True
+        try:
+            yield
+        finally:
+            self.abandonable = False
+
+    def abandon_if_requested(self, on_any_rank: Callable[[float], bool]) -> None:
+        """At a point every rank reaches together: abandon the step if any rank was signalled."""
+        if on_any_rank(float(self.requested)):
+            raise StepAbandoned(self.signum or int(signal.SIGTERM))
 
 
 def _print(message: str) -> None:
@@ -98,7 +114,6 @@ class SafeStop(Callback):
         self._previous: dict[int, object] = {}
         self._trainer = None
         self._module = None
-        self._stopped = False
         self._active = False
 
     # -- the flag the module reads -------------------------------------------------
@@ -109,11 +124,17 @@ class SafeStop(Callback):
             flag = pl_module.stop_flag = StopFlag()
         return flag
 
-    def _signals(self, trainer) -> tuple[int, ...]:
+    @staticmethod
+    def _slurm_requeue(trainer):
+        """Lightning's ``SLURMEnvironment`` when it has ``auto_requeue`` on, else None."""
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         env = trainer._accelerator_connector.cluster_environment  # Lightning's own signal connector reads it so
-        if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
+        return env if isinstance(env, SLURMEnvironment) and env.auto_requeue else None
+
+    def _signals(self, trainer) -> tuple[int, ...]:
+        env = self._slurm_requeue(trainer)
+        if env is not None and env.requeue_signal is not None:
             return (*STOP_SIGNALS, int(env.requeue_signal))
         return STOP_SIGNALS
 
@@ -186,13 +207,13 @@ class SafeStop(Callback):
             raise RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, self._save(trainer))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, StepAbandoned) or self._stopped:
+        if not isinstance(exception, StepAbandoned):
             return
-        restore = getattr(pl_module, "restore_step_start", None)
-        if restore is not None:
-            restore()
+        flag = self._flag(pl_module)
+        if flag.restore is not None:
+            flag.restore()
         path = self._save(trainer)
-        exception.stopped = RunStopped(self._flag(pl_module).signum or signal.SIGTERM, trainer.global_step, path)
+        exception.stopped = RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, path)
 
     def _path(self, trainer) -> Path:
         cb = trainer.checkpoint_callback
@@ -203,15 +224,11 @@ class SafeStop(Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
     def _requeues(self, trainer) -> bool:
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
         if os.environ.get("SLURM_JOB_ID") is None:
             return False
-        env = trainer._accelerator_connector.cluster_environment
-        return self.requeue if self.requeue is not None else (isinstance(env, SLURMEnvironment) and env.auto_requeue)
+        return self.requeue if self.requeue is not None else self._slurm_requeue(trainer) is not None
 
     def _save(self, trainer) -> str:
-        self._stopped = True
         requeue = self._requeues(trainer)
         if requeue:
             # Lightning's Slurm resume: a requeued job started without --ckpt_path loads the newest
@@ -244,20 +261,4 @@ class SafeStop(Callback):
                else f"requeueing Slurm job {job} failed (exit {result})")
 
 
-class StepSnapshot:
-    """The step-start copy of a GRPO module's per-step state (what :func:`vla_grpo.resume.gather_resume_state`
-    saves), put back when a step is abandoned."""
-
-    def __init__(self) -> None:
-        self._state = None
-
-    def take(self, state: dict) -> None:
-        self._state = copy.deepcopy(state)
-
-    def get(self) -> dict:
-        if self._state is None:
-            raise RuntimeError("no step-start state was taken")
-        return self._state
-
-
-__all__ = ["RunStopped", "SafeStop", "StepAbandoned", "StepSnapshot", "StopFlag", "STOP_SIGNALS"]
+__all__ = ["RunStopped", "SafeStop", "StepAbandoned", "StopFlag", "STOP_SIGNALS"]
