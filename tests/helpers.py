@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +122,29 @@ def read_video(path) -> np.ndarray:
     meta = reader.__next__()
     w, h = meta["size"]
     return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_fit(run: Path, *extra: str, steps: int = 5, env: dict | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+    """A real ``fit`` of conf/toy.yaml through the CLI, small (2 groups, 3 prompts per round, evals every 2
+    steps on 2 states), ``last.ckpt`` written after every step to ``<run>/ckpt`` (the resume and stop tests).
+    It runs in a session of its own: a kill of the process group takes every rank, and nothing of the test's."""
+    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf/toy.yaml"), f"--trainer.max_steps={steps}",
+           f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
+           "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
+           "--model.groups_per_step=2", "--model.prompts_per_round=3", "--model.eval_states_per_task=2",
+           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+           "--trainer.callbacks.init_args.every_n_train_steps=1", "--trainer.callbacks.init_args.save_last=true",
+           "--trainer.callbacks.init_args.save_top_k=0", f"--trainer.callbacks.init_args.dirpath={run}/ckpt", *extra]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
+
+
+def ckpt_weights(ckpt: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """A checkpoint file's policy weights and its global step."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}, state["global_step"]

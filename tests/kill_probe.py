@@ -21,6 +21,21 @@ from lightning.pytorch.callbacks import Callback
 _GROUP = [False]
 
 
+def after_sampled_decisions(policy, n: int, fn) -> None:
+    """Wrap ``policy.act`` so that ``fn()`` runs once, right after its ``n``-th sampled (not greedy) decision."""
+    original, left = policy.act, [n]
+
+    def act(tensordict, *, greedy: bool = False):
+        out = original(tensordict, greedy=greedy)
+        if not greedy and left[0] > 0:
+            left[0] -= 1
+            if left[0] == 0:
+                fn()
+        return out
+
+    policy.act = act
+
+
 def _kill() -> None:
     if _GROUP[0]:
         os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -78,17 +93,7 @@ class KillAt(Callback):
         if self.phase == "step_start":
             _kill()
         elif self.phase == "mid_rollout":
-            policy, original, left = pl_module.policy, pl_module.policy.act, [self.after_decisions]
-
-            def act(tensordict, *, greedy: bool = False):
-                out = original(tensordict, greedy=greedy)
-                if not greedy:
-                    left[0] -= 1
-                    if left[0] <= 0:
-                        _kill()
-                return out
-
-            policy.act = act
+            after_sampled_decisions(pl_module.policy, self.after_decisions, _kill)
 
     def _setup_sharded(self, trainer) -> None:
         import vla_grpo.checkpoint as ckpt

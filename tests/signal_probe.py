@@ -17,6 +17,8 @@ import signal
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tests.kill_probe import after_sampled_decisions
+
 
 class SignalAt(Callback):
     def __init__(self, step: int, phase: str = "mid_rollout", signum: int = int(signal.SIGINT),
@@ -59,17 +61,7 @@ class SignalAt(Callback):
         if self.phase == "step_start":
             self._send()
         elif self.phase == "mid_rollout":
-            original, left, send = pl_module.policy.act, [self.after_decisions], self._send
-
-            def act(tensordict, *, greedy: bool = False):
-                out = original(tensordict, greedy=greedy)
-                if not greedy:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        send()
-                return out
-
-            pl_module.policy.act = act
+            after_sampled_decisions(pl_module.policy, self.after_decisions, self._send)
         else:  # update, twice_in_save: the first signal as the update scores its first minibatch
             original, sent, send = pl_module.policy.score, [False], self._send
 

@@ -5,31 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ckpt_weights, toy_fit
+
 STEPS = 5
 
 
 def _fit(run: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf/toy.yaml"), f"--trainer.max_steps={STEPS}",
-           f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
-           "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-           "--model.groups_per_step=2", "--model.prompts_per_round=3", "--model.eval_states_per_task=2",
-           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-           "--trainer.callbacks.init_args.every_n_train_steps=1", "--trainer.callbacks.init_args.save_last=true",
-           "--trainer.callbacks.init_args.save_top_k=0", f"--trainer.callbacks.init_args.dirpath={run}/ckpt", *extra]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}, state["global_step"]
+    return toy_fit(run, *extra, steps=STEPS, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +24,7 @@ def straight(tmp_path_factory):
     run = tmp_path_factory.mktemp("straight")
     proc = _fit(run)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    weights, step = _weights(run / "ckpt" / "last.ckpt")
+    weights, step = ckpt_weights(run / "ckpt" / "last.ckpt")
     assert step == STEPS
     return weights
 
@@ -46,10 +33,10 @@ def _kill_and_resume(run: Path, step: int, phase: str) -> tuple[dict, int]:
     killed = _fit(run, "--trainer.callbacks+=tests.kill_probe.KillAt", f"--trainer.callbacks.init_args.step={step}",
                   f"--trainer.callbacks.init_args.phase={phase}", "--trainer.callbacks.init_args.at_byte=500000")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    _, saved_at = _weights(run / "ckpt" / "last.ckpt")  # loadable, whatever the kill interrupted
+    _, saved_at = ckpt_weights(run / "ckpt" / "last.ckpt")  # loadable, whatever the kill interrupted
     resumed = _fit(run, f"--ckpt_path={run}/ckpt/last.ckpt")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    weights, final = _weights(run / "ckpt" / "last.ckpt")
+    weights, final = ckpt_weights(run / "ckpt" / "last.ckpt")
     assert final == STEPS
     return weights, saved_at
 

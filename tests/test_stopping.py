@@ -10,14 +10,14 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ckpt_weights, toy_fit
+
 STEPS = 5
 FSDP = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
         '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
@@ -25,18 +25,9 @@ FSDP = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
 
 def _fit(run: Path, *extra: str, steps: int = STEPS, env: dict | None = None,
          timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vla_grpo", "fit", "-c", str(ROOT / "conf/toy.yaml"), f"--trainer.max_steps={steps}",
-           f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
-           "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-           "--model.groups_per_step=2", "--model.prompts_per_round=3", "--model.eval_states_per_task=2",
-           "--model.num_workers=2",
-           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-           "--trainer.callbacks.init_args.every_n_train_steps=1", "--trainer.callbacks.init_args.save_last=true",
-           "--trainer.callbacks.init_args.save_top_k=0", f"--trainer.callbacks.init_args.dirpath={run}/ckpt", *extra]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {}))
-    # a session of its own: a kill of the process group takes every rank, and nothing of the test's
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)
+    """The toy fit with its simulators in 2 worker processes (whose pids the stop tests check), one thread."""
+    return toy_fit(run, "--model.num_workers=2", *extra, steps=steps, env={"OMP_NUM_THREADS": "1", **(env or {})},
+                   timeout=timeout)
 
 
 def _signal_at(step: int, phase: str, signum: int, pids: Path | None = None, **more) -> list[str]:
@@ -45,11 +36,6 @@ def _signal_at(step: int, phase: str, signum: int, pids: Path | None = None, **m
     if pids is not None:
         args.append(f"--trainer.callbacks.init_args.pids_file={pids}")
     return args + [f"--trainer.callbacks.init_args.{k}={v}" for k, v in more.items()]
-
-
-def _weights(ckpt: Path) -> tuple[dict[str, torch.Tensor], int]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state["state_dict"].items() if k.startswith("policy.")}, state["global_step"]
 
 
 def _alive(pid: int) -> bool:
@@ -80,7 +66,7 @@ def straight(tmp_path_factory) -> dict[str, torch.Tensor]:
     run = tmp_path_factory.mktemp("straight")
     proc = _fit(run)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    weights, step = _weights(run / "ckpt" / "last.ckpt")
+    weights, step = ckpt_weights(run / "ckpt" / "last.ckpt")
     assert step == STEPS
     return weights
 
@@ -99,7 +85,7 @@ def _stop_and_resume(run: Path, step: int, phase: str, signum: int, env: dict | 
     _assert_no_orphans(pids)
     ckpt = run / "hpc_ckpt_1.ckpt" if env else run / "ckpt" / "last.ckpt"
     assert f"--ckpt_path={ckpt}" in last
-    _, saved_at = _weights(ckpt)
+    _, saved_at = ckpt_weights(ckpt)
     resumed = _fit(run, env=env) if env else _fit(run, "--ckpt_path=last")  # Lightning's "last": the stop's
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored all states from the checkpoint at {ckpt}" in resumed.stdout + resumed.stderr
@@ -109,7 +95,7 @@ def _stop_and_resume(run: Path, step: int, phase: str, signum: int, env: dict | 
 
 
 def _check_same(straight: dict, run: Path) -> None:
-    weights, final = _weights(run / "ckpt" / "last.ckpt")
+    weights, final = ckpt_weights(run / "ckpt" / "last.ckpt")
     assert final == STEPS
     # bit for bit: one process layout, the same batches, the same thread count (docs/RELIABILITY.md)
     for k, v in straight.items():
@@ -162,7 +148,7 @@ def test_a_second_signal_during_the_save_exits_at_once_and_keeps_the_previous_ch
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     assert "SIGTERM again: stopping now; the last complete checkpoint stands" in proc.stderr
     _assert_no_orphans(pids)
-    _, step = _weights(tmp_path / "ckpt" / "last.ckpt")  # loads: the half-written step-4 one never took its place
+    _, step = ckpt_weights(tmp_path / "ckpt" / "last.ckpt")  # loads: the half-written step-4 one never took its place
     assert step == 3
 
 
@@ -179,7 +165,7 @@ def test_ddp_ranks_agree_to_stop_when_one_is_signalled(tmp_path):
     _assert_no_orphans(pids)
     resumed = _fit(run, *ddp, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    want, _ = _weights(tmp_path / "straight" / "ckpt" / "last.ckpt")
+    want, _ = ckpt_weights(tmp_path / "straight" / "ckpt" / "last.ckpt")
     _check_same(want, run)
 
 
@@ -206,7 +192,7 @@ def _kill_in_save(run: Path, fmt: str, at_byte: int) -> int:
     if fmt == "sharded":
         assert last.is_symlink() and last.resolve().is_dir()
         return _sharded_step(last)
-    return _weights(last)[1]
+    return ckpt_weights(last)[1]
 
 
 @pytest.mark.slow  # tests/test_fsdp.py saves and resumes through the atomic sharded writer in the default suite
