@@ -1,12 +1,17 @@
 """LIBERO-90's scripted-expert coverage: per task, the expert's success over LIBERO's fixed states, or the
-goal it has no skill for (issue 31: the pretraining catalogue is the tasks at >= 80%).
+goal it has no skill for; with ``--demos``, also the LIBERO base's pretraining demos (issue 31: the
+pretraining catalogue is the tasks at >= 80%).
 
-Needs the ``[libero]`` extra. One JSON line per task as it finishes (so a stopped run keeps what it
-measured), then a summary; ``--shard i/n`` runs every n-th task from the i-th (one process per core)::
+Needs the ``[libero]`` extra. One JSON line per task as it finishes, appended to ``--out`` (a rerun
+skips the tasks already there, so a stopped run loses at most the task it was on); ``--shard i/n``
+runs every n-th task from the i-th (one process per core). With ``--demos DIR`` a task at >= 80% of
+its ``--states`` keeps its successful episodes (the measured ones included; LIBERO-90 is never
+evaluated) and goes on through the later states until it has ``--per-task`` demos, written to
+``DIR/<task>.hdf5`` as `DemoDataModule(format="per_task")` reads them (conf/pretrain_libero.yaml)::
 
-    python benchmarks/libero90_coverage.py --states 2 --shard 0/2 > cov0.jsonl &
-    python benchmarks/libero90_coverage.py --states 2 --shard 1/2 > cov1.jsonl
-    python benchmarks/libero90_coverage.py --summary cov0.jsonl cov1.jsonl
+    python benchmarks/libero90_coverage.py --states 10 --demos runs/libero90_demos --shard 0/2 --out cov.jsonl &
+    python benchmarks/libero90_coverage.py --states 10 --demos runs/libero90_demos --shard 1/2 --out cov.jsonl
+    python benchmarks/libero90_coverage.py --summary cov.jsonl
 """
 from __future__ import annotations
 
@@ -20,24 +25,68 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+#: a task joins the pretraining catalogue when its expert succeeds on at least this share of the states
+CATALOGUE_SHARE = 0.8
 
-def measure(states: int, shard: tuple[int, int]) -> None:
+
+def _done(out: Path | None, redo_missing: bool) -> set[str]:
+    if out is None or not out.exists():
+        return set()
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")]
+    return {r["task"] for r in rows if not (redo_missing and "missing" in r)}
+
+
+def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: int, out: Path | None,
+            only: list[str] | None, redo_missing: bool) -> None:
+    from envs.demos import Demo, record_episode, task_demo_path, write_demo_file
     from envs.libero.suite import LiberoSuite
-    from envs.scene.evaluate import expert_success
 
     suite = LiberoSuite("libero_90", unseen=[], image_size=64)
     specs = suite.all_tasks()
     first, every = shard
+    done = _done(out, redo_missing)
     tasks = [i for i, t in enumerate(specs) if t.split == "train"][first::every]
-    for i in tasks:
-        start = time.perf_counter()
-        try:
-            res = expert_success(suite, [i], range(states), chunk_size=1, num_envs=1)[i]
-            row = {"success": list(res.successes), "steps": list(res.steps)}
-        except NotImplementedError as err:  # the expert has no skill for this goal
-            row = {"missing": str(err).split(" (")[0]}
-        row["seconds"] = round(time.perf_counter() - start, 1)
-        print(json.dumps({"task": specs[i].name, **row}), flush=True)
+    if only:  # named tasks run again (a new or mended skill); the summary counts a task's latest line
+        tasks = [i for i in tasks if any(o in specs[i].name for o in only)]
+    else:
+        tasks = [i for i in tasks if specs[i].name not in done]
+    env = suite.make_env(1, chunk_size=1)
+    try:
+        for i in tasks:
+            spec, start = specs[i], time.perf_counter()
+            kept: list[Demo] = []
+            row: dict = {"success": [], "steps": []}
+            try:
+                state = 0
+                while state < spec.num_init_states:
+                    if state >= states and (demos is None or len(kept) >= per_task
+                                            or sum(row["success"]) < CATALOGUE_SHARE * states):
+                        break
+                    ep = record_episode(env, i, state)
+                    if state < states:
+                        row["success"].append(ep is not None)
+                        row["steps"].append(spec.max_steps if ep is None else len(ep["actions"]))
+                    if ep is not None and len(kept) < per_task:
+                        kept.append(Demo(ep["actions"], ep["images"], ep["states"], ep["rewards"], ep["dones"],
+                                         spec.instruction, spec.name, i, state, ep.get("wrist")))
+                    state += 1
+            except NotImplementedError as err:  # the expert has no skill for this goal
+                row = {"missing": str(err).split(" (")[0]}
+            if demos is not None and "success" in row and sum(row["success"]) >= CATALOGUE_SHARE * states:
+                path = task_demo_path(demos, suite, i)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.stem}.partial.hdf5")
+                write_demo_file(suite, tmp, kept)
+                tmp.replace(path)
+                row["demos"] = len(kept)
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            line = json.dumps({"task": spec.name, **row})
+            print(line, flush=True)
+            if out is not None:
+                with out.open("a") as f:  # one short write per line: the shards append to one file
+                    f.write(line + "\n")
+    finally:
+        env.close()
 
 
 def _kind(message: str) -> str:
@@ -54,9 +103,13 @@ def _kind(message: str) -> str:
 
 
 def summary(files: list[Path]) -> None:
-    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.startswith("{")]
+    last = {}  # a task measured again (a new skill, --redo-missing) counts once, by its latest line
+    for line in (line for f in files for line in f.read_text().splitlines() if line.startswith("{")):
+        row = json.loads(line)
+        last[row["task"]] = row
+    rows = list(last.values())
     ran = [r for r in rows if "success" in r]
-    at80 = [r for r in ran if sum(r["success"]) >= 0.8 * len(r["success"])]
+    at80 = [r for r in ran if sum(r["success"]) >= CATALOGUE_SHARE * len(r["success"])]
     missing = collections.Counter(_kind(r["missing"]) for r in rows if "missing" in r)
     print(f"{len(rows)} tasks: {len(ran)} have a skill, {len(at80)} succeed on >= 80% of their states, "
           f"{len(rows) - len(ran)} lack one")
@@ -70,13 +123,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--states", type=int, default=10, help="LIBERO's fixed initial states per task")
     parser.add_argument("--shard", default="0/1", help="i/n: every n-th task from the i-th")
+    parser.add_argument("--demos", type=Path, default=None, help="write the catalogue tasks' demos to DIR/<task>.hdf5")
+    parser.add_argument("--per-task", type=int, default=20, help="demos per catalogue task (with --demos)")
+    parser.add_argument("--out", type=Path, default=None, help="append the JSON lines here; skip tasks already in it")
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help="only tasks whose name contains one of these (measured again if already in --out)")
+    parser.add_argument("--redo-missing", action="store_true", help="measure again the tasks that lacked a skill")
     parser.add_argument("--summary", nargs="+", type=Path, help="summarise JSON-line files instead of measuring")
     args = parser.parse_args()
     if args.summary:
         summary(args.summary)
         return
     first, every = (int(x) for x in args.shard.split("/"))
-    measure(args.states, (first, every))
+    measure(args.states, (first, every), args.demos, args.per_task, args.out, args.tasks, args.redo_missing)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,11 +194,17 @@ def write_demos(
         ``{"demos": written, "skipped": expert failures skipped}``.
     """
     counts: dict[str, int] = {}
+    write_demo_file(suite, path, expert_demos(suite, tasks, per_task, first_state=first_state, progress=progress,
+                                              counts=counts))
+    return counts
+
+
+def write_demo_file(suite: Suite, path: str | Path, demos: Iterable[Demo]) -> None:
+    """Write ``demos`` (of ``suite``'s tasks) to an HDF5 file in the layout above (overwritten)."""
     specs = suite.all_tasks()
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
-        for i, demo in enumerate(expert_demos(suite, tasks, per_task, first_state=first_state, progress=progress,
-                                              counts=counts)):
+        for i, demo in enumerate(demos):
             spec = specs[demo.task_index]
             attrs = {"instruction": demo.instruction, "task_name": demo.task_name, "task_index": demo.task_index,
                      "init_state_id": demo.init_state_id, "split": spec.split, "family": spec.family}
@@ -205,6 +212,28 @@ def write_demos(
         data.attrs["total"] = sum(int(data[k].attrs["num_samples"]) for k in data)
         data.attrs["env_args"] = json.dumps({"env_name": suite.name, "image_size": suite.image_size,
                                              "state_dim": suite.state_dim, "action_dim": suite.action_dim})
+
+
+def task_demo_path(directory: str | Path, suite: Suite, task_index: int) -> Path:
+    """Where a per-task demo directory keeps task ``task_index``'s demos: ``<directory>/<task name>.hdf5``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "+", suite.all_tasks()[task_index].name)
+    return Path(directory) / f"{name}.hdf5"
+
+
+def write_task_demos(suite: Suite, directory: str | Path, task_index: int, per_task: int,
+                     first_state: int = 0) -> dict[str, int]:
+    """Write one task's ``per_task`` expert demos to :func:`task_demo_path` (fewer if its states run out).
+
+    The file appears under its name only once complete (a stopped run leaves no half file), so a
+    directory of them is a cache that a rerun completes task by task.
+    """
+    path = task_demo_path(directory, suite, task_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.hdf5")
+    counts: dict[str, int] = {}
+    write_demo_file(suite, tmp, expert_demos(suite, [task_index], per_task, first_state=first_state,
+                                             progress=False, counts=counts))
+    tmp.replace(path)
     return counts
 
 

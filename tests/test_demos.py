@@ -135,3 +135,39 @@ def test_lerobot_format_without_the_extra_is_one_line(tmp_path, capsys, monkeypa
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x.hdf5"), "--from", "demos.hdf5"])  # --from converts to lerobot only
     assert "--from" in capsys.readouterr().err
+
+
+def test_per_task_demo_directory_is_written_in_parallel_and_completed_task_by_task(suite, demo_file, tmp_path):
+    """``format="per_task"``: one file per task, written by 2 expert processes; a deleted task's file (a run
+    stopped before it) is written again alone, the others are kept as they were; the demos equal the
+    single-file writer's (same experts, same states)."""
+    from vla_grpo.data import DemoDataModule
+    from vla_grpo.envs.demos import task_demo_path
+
+    directory = tmp_path / "per_task"
+    dm = DemoDataModule(demos_per_task=2, format="per_task", demo_file=str(directory), tasks=",".join(TASKS),
+                        first_state=0, suite=suite, demo_workers=2)
+    dm.prepare_data()
+    files = [task_demo_path(directory, suite, t) for t in resolve_tasks(suite, TASKS)]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in files)
+    kept_mtime = files[0].stat().st_mtime_ns
+    files[1].unlink()
+    dm.prepare_data()
+    assert files[1].is_file() and files[0].stat().st_mtime_ns == kept_mtime
+    dm.setup("fit")
+    got, want = dm.load_demos(), read_demos(demo_file)
+    assert [(d.task_name, d.init_state_id) for d in got] == [(d.task_name, d.init_state_id) for d in want]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_per_task_format_rejects_a_file_and_names_a_missing_task(suite, demo_file, tmp_path):
+    from vla_grpo.data import DemoDataModule
+    from vla_grpo.envs.demos import DemoFileError
+
+    with pytest.raises(DemoFileError, match="per_task` expects a directory"):
+        DemoDataModule(format="per_task", demo_file=str(demo_file), suite=suite)
+    dm = DemoDataModule(demos_per_task=1, format="per_task", demo_file=str(tmp_path), tasks=",".join(TASKS), suite=suite)
+    with pytest.raises(DemoFileError, match=r"no per-task demo file goal\+lift_mug.hdf5 \(and 1 more\)"):
+        dm.load_demos()

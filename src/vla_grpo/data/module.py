@@ -33,7 +33,7 @@ from vla_grpo.envs.demos import Demo, DemoFileError, read_demos
 from vla_grpo.evaluation import EvalSpec
 from vla_grpo.keys import IMAGE_KEY
 
-FORMATS = ("auto", "hdf5", "lerobot")
+FORMATS = ("auto", "hdf5", "lerobot", "per_task")
 
 
 def model_links(model) -> dict:
@@ -65,7 +65,10 @@ class DemoDataModule(L.LightningDataModule):
             when missing (None: ``<cache_dir>/<suite>_<size>px_<tasks>_<n>x_from<first_state>.hdf5``),
             or a LeRobotDataset directory (``vla_grpo demos --format lerobot`` writes one).
         format: ``"auto"`` (a directory with ``meta/info.json`` is LeRobot's, anything else
-            HDF5), ``"hdf5"`` or ``"lerobot"``.
+            HDF5), ``"hdf5"``, ``"lerobot"``, or ``"per_task"``: ``demo_file`` is a directory
+            of one HDF5 file per task (``<task name>.hdf5``, :func:`vla_grpo.envs.demos.task_demo_path`),
+            the missing ones written by the experts task by task, so a stopped run keeps the
+            tasks it finished (None: ``<cache_dir>/<suite>_<size>px_<n>x_from<first_state>/``).
         lerobot_keys: which LeRobot features play ``image``, ``state``, ``action`` (and
             ``wrist``); unset roles keep :data:`vla_grpo.data.lerobot.DEFAULT_KEYS`.
         cache_dir: where generated demo files go when ``demo_file`` is None.
@@ -74,6 +77,7 @@ class DemoDataModule(L.LightningDataModule):
             ``eval_states_per_task`` so demos never start from an eval state.
         batch_size: windows per optimizer step.
         num_workers: DataLoader worker processes.
+        demo_workers: processes writing missing demos in parallel, a task each (``per_task`` only).
         random_shift: pixels of DrQ random-shift augmentation (0 = off).
         color_jitter: brightness/contrast jitter strength (0 = off).
         suite: the suite (linked from ``model.suite``).
@@ -94,6 +98,7 @@ class DemoDataModule(L.LightningDataModule):
         first_state: int = 25,  # eval uses states 0..eval_states_per_task-1
         batch_size: int = 32,
         num_workers: int = 0,
+        demo_workers: int = 1,
         random_shift: int = 0,
         color_jitter: float = 0.0,
         suite: Suite | None = None,
@@ -104,7 +109,7 @@ class DemoDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         at_least("data", demos_per_task=(demos_per_task, 0), first_state=(first_state, 0),
-                 batch_size=(batch_size, 1), num_workers=(num_workers, 0), random_shift=(random_shift, 0),
+                 batch_size=(batch_size, 1), num_workers=(num_workers, 0), demo_workers=(demo_workers, 1), random_shift=(random_shift, 0),
                  color_jitter=(color_jitter, 0))
         if suite is None:
             raise ValueError("`--data.suite` is not set: the CLI links it from `--model.suite`; "
@@ -115,7 +120,10 @@ class DemoDataModule(L.LightningDataModule):
             raise ValueError("`--data.format=lerobot` reads `--data.demo_file`=<a LeRobot dataset directory>; it is not set")
         checked_keys(lerobot_keys)  # an unknown role fails here, before anything runs
         lerobot = format == "lerobot" or (format == "auto" and is_lerobot_dir(demo_file))
-        if not lerobot and demo_file is not None and Path(demo_file).is_dir():
+        self.per_task = format == "per_task"
+        if self.per_task and demo_file is not None and Path(demo_file).exists() and not Path(demo_file).is_dir():
+            raise DemoFileError(f"{demo_file}: `--data.format=per_task` expects a directory of per-task HDF5 files")
+        if not lerobot and not self.per_task and demo_file is not None and Path(demo_file).is_dir():
             raise DemoFileError(f"{demo_file}: a directory without meta/info.json; expected an HDF5 demo file "
                                 "or a LeRobot dataset directory")
         if not lerobot and demo_file is not None and Path(demo_file).is_file() and not h5py.is_hdf5(demo_file):
@@ -133,6 +141,8 @@ class DemoDataModule(L.LightningDataModule):
         h = self.hparams
         if h.demo_file is not None:
             return Path(h.demo_file)
+        if self.per_task:
+            return Path(h.cache_dir) / f"{self.suite.name}_{self.suite.image_size}px_{h.demos_per_task}x_from{h.first_state}"
         tasks = re.sub(r"[^A-Za-z0-9_.-]+", "+", h.tasks)
         name = f"{self.suite.name}_{self.suite.image_size}px_{tasks}_{h.demos_per_task}x_from{h.first_state}.hdf5"
         return Path(h.cache_dir) / name
@@ -145,6 +155,9 @@ class DemoDataModule(L.LightningDataModule):
         if self.lerobot and not is_lerobot_dir(path):
             raise DemoFileError(f"{path}: not a LeRobot dataset directory (no meta/info.json); "
                                 "expected one from `vla_grpo demos --format lerobot` or LeRobot")
+        if self.per_task:
+            self._write_missing_tasks(path)
+            return
         if path.exists():
             return
         from vla_grpo.envs.demos import write_demos
@@ -155,6 +168,24 @@ class DemoDataModule(L.LightningDataModule):
         write_demos(self.suite, tmp, self.hparams.tasks, self.hparams.demos_per_task,
                     first_state=self.hparams.first_state, progress=False)
         tmp.replace(path)  # a killed run never leaves a half-written file under the real name
+
+    def _write_missing_tasks(self, directory: Path) -> None:
+        from vla_grpo.envs.demos import resolve_tasks, task_demo_path, write_task_demos
+
+        h = self.hparams
+        missing = [t for t in resolve_tasks(self.suite, h.tasks) if not task_demo_path(directory, self.suite, t).exists()]
+        if h.demo_workers == 1 or len(missing) <= 1:
+            for t in missing:
+                write_task_demos(self.suite, directory, t, h.demos_per_task, first_state=h.first_state)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # a task per process (each builds its own simulator); spawn, as the simulator workers (simpool)
+        with ProcessPoolExecutor(min(h.demo_workers, len(missing)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in pool.map(write_task_demos, [self.suite] * len(missing), [directory] * len(missing), missing,
+                                 [h.demos_per_task] * len(missing), [h.first_state] * len(missing)):
+                del done
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.dataset is not None:
@@ -190,6 +221,15 @@ class DemoDataModule(L.LightningDataModule):
         return [d for name in wanted for d in by_task[name]]
 
     def _read(self, path: Path) -> list[Demo]:
+        if self.per_task:
+            from vla_grpo.envs.demos import resolve_tasks, task_demo_path
+
+            files = [task_demo_path(path, self.suite, t) for t in resolve_tasks(self.suite, self.hparams.tasks)]
+            absent = [f.name for f in files if not f.is_file()]
+            if absent:
+                raise DemoFileError(f"{path}: no per-task demo file {absent[0]}"
+                                    f"{f' (and {len(absent) - 1} more)' if len(absent) > 1 else ''}")
+            return [d for f in files for d in read_demos(f)]
         # the lerobot extra (datasets, av) is imported inside read_lerobot, only when it runs
         return read_lerobot(path, self.suite, self.hparams.lerobot_keys) if self.lerobot else read_demos(path)
 
