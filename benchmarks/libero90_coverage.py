@@ -46,10 +46,9 @@ def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: i
     first, every = shard
     done = _done(out, redo_missing)
     tasks = [i for i, t in enumerate(specs) if t.split == "train"][first::every]
-    if only:  # named tasks run again (a new or mended skill); the summary counts a task's latest line
-        tasks = [i for i in tasks if any(o in specs[i].name for o in only)]
-    else:
-        tasks = [i for i in tasks if specs[i].name not in done]
+    # named tasks run (again: a new or mended skill), with those not yet in --out; the summary counts a
+    # task's latest line
+    tasks = [i for i in tasks if specs[i].name not in done or any(o in specs[i].name for o in only or ())]
     env = suite.make_env(1, chunk_size=1)
     try:
         for i in tasks:
@@ -127,7 +126,7 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=20, help="demos per catalogue task (with --demos)")
     parser.add_argument("--out", type=Path, default=None, help="append the JSON lines here; skip tasks already in it")
     parser.add_argument("--tasks", nargs="+", default=None,
-                        help="only tasks whose name contains one of these (measured again if already in --out)")
+                        help="also measure again the tasks in --out whose name contains one of these")
     parser.add_argument("--redo-missing", action="store_true", help="measure again the tasks that lacked a skill")
     parser.add_argument("--summary", nargs="+", type=Path, help="summarise JSON-line files instead of measuring")
     args = parser.parse_args()

@@ -135,6 +135,26 @@ def test_expert_clears_a_drawers_way_and_carries_a_plate_by_its_rim(task):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", [
+    "KITCHEN_SCENE10_close_the_top_drawer_of_the_cabinet",                                  # Close
+    "KITCHEN_SCENE10_put_the_butter_at_the_back_in_the_top_drawer_of_the_cabinet_and_close_it",  # In, then Close
+    "LIVING_ROOM_SCENE4_stack_the_left_bowl_on_the_right_bowl_and_place_them_in_the_tray",  # On, then In
+    "LIVING_ROOM_SCENE5_put_the_red_mug_on_the_left_plate",                                 # a mug by its rim
+])
+def test_expert_closes_drawers_reaches_two_part_goals_and_takes_mugs_by_the_rim(task):
+    """LIBERO-90 goals the expert gained for the LIBERO base's catalogue (issue 31): a drawer pushed shut by
+    its handle, a conjunction's parts reached one after the other, a mug (its handle makes it wider than
+    the gripper every way) carried by its rim."""
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from vla_grpo.envs.scene.evaluate import expert_success
+
+    suite = LiberoSuite("libero_90", unseen=[], image_size=32)
+    index = [t.name for t in suite.all_tasks()].index(f"libero_90/{task}")
+    results = expert_success(suite, [index], [0, 3], chunk_size=4, num_envs=2)
+    assert all(all(r.successes) for r in results.values()), {t: r.successes for t, r in results.items()}
+
+
+@pytest.mark.slow
 def test_demos_command_writes_libero_demos(tmp_path):
     pytest.importorskip("libero.libero", reason=NO_LIBERO)
     from vla_grpo.cli import main

@@ -13,10 +13,14 @@ replays the chunk as the expert would have acted and ends in that state.
 
 Goals covered: ``On(obj, target)`` and ``In(obj, region)`` pick-and-place
 (LIBERO-Spatial, -Object and -Goal; a plate, too wide to take across, is
-carried by its rim like a bowl's), with the drawer holding the region opened
-first when it is closed, after dragging a bowl out of the way it slides out
-(the hand could not reach the bowl under it); ``Open`` of a drawer and
-``Turnon`` of the stove (:mod:`.skills`).
+carried by its rim like a bowl's; so are a mug, whose handle makes it wider
+than the gripper every way, and a frying pan), with the drawer holding the
+region opened first when it is closed, after dragging a bowl out of the way
+it slides out (the hand could not reach the bowl under it); ``Open`` and
+``Close`` of a drawer and ``Turnon`` of the stove (:mod:`.skills`); and a
+conjunction of these (LIBERO-90's "put the butter in the top drawer and close
+it"), its parts reached in the BDDL's order, each once the previous one
+holds and its skill has let go.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from .motion import (
 from .sim import LiberoSim
 from .skills import (
     clear_drawer_path,
+    close_drawer,
     drawer_front_offset,
     drawer_is_open,
     drawer_joint,
@@ -80,11 +85,16 @@ class LiberoExpert:
         """One closed-loop action from the current simulated state."""
         mem = sim.expert_memory
         if not mem:
-            goal = self._goal(sim)
-            mem.update(phase=0, timer=0, quat0=sim.eef_quat(), pos0=sim.eef_pos(), goal=goal, drawer=self._closed_drawer(sim, goal))
+            parts = self._goal(sim)
+            mem.update(quat0=sim.eef_quat(), pos0=sim.eef_pos(), parts=parts, part=0)
+            self._start_part(sim, mem)
+        elif mem["part"] + 1 < len(mem["parts"]) and self._part_done(sim, mem):
+            mem["part"] += 1
+            self._start_part(sim, mem)
         verb = mem["goal"][0]
         if mem["drawer"]:  # first open the drawer the goal names or puts something in
-            action = clear_drawer_path(sim, mem, mem["drawer"]) if verb == "in" else None
+            # what stands where it slides out is dragged aside first (a later part may have to pick it up)
+            action = clear_drawer_path(sim, mem, mem["drawer"]) if verb in ("in", "open") else None
             action = open_drawer(sim, mem, mem["drawer"]) if action is None else action
             if action is not None:
                 return action
@@ -93,9 +103,34 @@ class LiberoExpert:
             return self._pick_place(sim, mem)
         if verb == "turnon":
             return turn_knob(sim, mem)
-        if verb == "open":  # opened: hold still
-            return move(sim, mem, sim.eef_pos(), OPEN)
+        if verb == "close":
+            action = close_drawer(sim, mem, mem["goal"][1])
+            if action is not None:
+                return action
+        if verb in ("open", "close"):  # done: hold still
+            return move(sim, mem, sim.eef_pos(), OPEN if verb == "open" else CLOSE)
         raise NotImplementedError(f"no scripted expert for goal {mem['goal']} ({self.task.spec.name})")
+
+    def _start_part(self, sim: LiberoSim, mem: dict) -> None:
+        """Fresh skill memory for the goal's next part (a conjunction's parts are reached in BDDL order)."""
+        keep = {k: mem[k] for k in ("quat0", "pos0", "parts", "part")}
+        mem.clear()
+        goal = keep["parts"][keep["part"]]
+        if goal[0] == "close" and drawer_joint(sim, goal[1]) is None:
+            raise NotImplementedError(f"no scripted expert for goal {goal} ({self.task.spec.name})")
+        mem.update(keep, phase=0, timer=0, goal=goal, drawer=self._closed_drawer(sim, goal), high=keep["part"] > 0)
+
+    @staticmethod
+    def _part_done(sim: LiberoSim, mem: dict) -> bool:
+        """The current part's predicate holds and its skill has let go (released, backed off)."""
+        goal = mem["goal"]
+        if not sim.env.env._eval_predicate(goal):
+            return False
+        if goal[0] in ("on", "in"):
+            return mem["phase"] >= 8 and mem["timer"] >= 8
+        if goal[0] == "close":
+            return mem.get("cstate", {}).get("phase", 0) >= 4
+        return not mem["drawer"]  # open: opened and back at the start pose; turnon: turned
 
     @staticmethod
     def _closed_drawer(sim: LiberoSim, goal: list[str]) -> str | None:
@@ -105,11 +140,9 @@ class LiberoExpert:
             return None
         return region
 
-    def _goal(self, sim: LiberoSim) -> list[str]:
-        goals = sim.env.env.parsed_problem["goal_state"]
-        if len(goals) != 1:
-            raise NotImplementedError(f"no scripted expert for multi-part goal {goals} ({self.task.spec.name})")
-        return [str(g) for g in goals[0]]
+    def _goal(self, sim: LiberoSim) -> list[list[str]]:
+        """The BDDL goal's parts (a conjunction), each as ``[predicate, *objects]``."""
+        return [[str(g) for g in part] for part in sim.env.env.parsed_problem["goal_state"]]
 
     # -- pick and place ------------------------------------------------------------
     def _grasp(self, sim: LiberoSim, obj: str, rim: bool) -> tuple[np.ndarray, float]:
@@ -166,7 +199,7 @@ class LiberoExpert:
         phase, t = mem["phase"], mem["timer"]
         if phase == 0:  # plan the grasp from the object's current pose
             # judged once: a plate tilted by a missed grasp is no longer flat
-            rim = mem.setdefault("rim", "bowl" in obj or too_wide(sim, obj))
+            rim = mem.setdefault("rim", any(k in obj for k in ("bowl", "mug", "frypan")) or too_wide(sim, obj))
             mem["grasp"], mem["yaw"] = self._grasp(sim, obj, rim)
             mem["obj_z0"] = float(world_bbox(sim, obj)[0][2])
             advance(mem)

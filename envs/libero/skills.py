@@ -330,3 +330,44 @@ def turn_knob(sim: LiberoSim, mem: dict) -> np.ndarray:
     ahead = axis + radius * np.array([np.cos(now), np.sin(now), 0.0])
     ahead[2] = z
     return move(sim, mem, ahead, CLOSE)
+
+
+def close_drawer(sim: LiberoSim, mem: dict, region: str) -> np.ndarray | None:
+    """Push the open drawer holding ``region`` shut by its handle, the closed gripper pointing down;
+    ``None`` once LIBERO's ``Close`` holds and the hand has backed off.
+
+    Opened, the handle stands clear in front of the cabinet, so the hand comes
+    down in front of it and pushes along the slide; a push that stalls short of
+    closed backs off and starts over.
+    """
+    cm = mem.setdefault("cstate", {"phase": 0, "timer": 0})
+    joint, _, sign = drawer_joint(sim, region)
+    handle, pull = _handle(sim, joint, sign)  # it moves with the drawer
+    closed = bool(sim.env.env._eval_predicate(["close", region]))
+    cm["timer"] += 1
+    eef, phase, t = sim.eef_pos(), cm["phase"], cm["timer"]
+    push = handle + 0.045 * pull
+    # the hand's long side (its fingers' closing axis) across the slide: along it, the palm would
+    # meet the cabinet ~10 cm before the fingers have pushed the drawer home
+    yaw = cm.setdefault("yaw", float((np.arctan2(pull[1], pull[0]) + np.pi / 2) % np.pi - np.pi / 2))
+    if phase == 0:  # above the point in front of the handle
+        above = push + [0, 0, 0.12]
+        above[2] = max(above[2], eef[2])
+        if np.linalg.norm((above - eef)[:2]) < 0.01 or t > 80:
+            advance(cm)
+        return move(sim, mem, above, CLOSE, yaw)
+    if phase == 1:  # down to the handle's height
+        stalled = t > 8 and cm.get("last_z", np.inf) - eef[2] < 0.0005
+        cm["last_z"] = eef[2]
+        if np.linalg.norm(push - eef) < 0.008 or stalled or t > 50:
+            advance(cm)
+        return move(sim, mem, push, CLOSE, yaw)
+    if phase == 2:  # push along the slide, 3 cm ahead of the hand
+        if closed or t > 100:
+            advance(cm)
+        return move(sim, mem, np.array([*(eef - 0.03 * pull)[:2], push[2]]), CLOSE, yaw)
+    if phase == 3:  # back off out and up
+        if t > 15:
+            advance(cm, None if closed else 0)
+        return move(sim, mem, eef + 0.03 * pull + [0, 0, 0.03], CLOSE, yaw)
+    return None
