@@ -41,6 +41,10 @@ def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: i
     from envs.demos import Demo, record_episode, task_demo_path, write_demo_file
     from envs.libero.suite import LiberoSuite
 
+    import subprocess
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
     suite = LiberoSuite("libero_90", unseen=[], image_size=64)
     specs = suite.all_tasks()
     first, every = shard
@@ -79,6 +83,7 @@ def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: i
                 tmp.replace(path)
                 row["demos"] = len(kept)
             row["seconds"] = round(time.perf_counter() - start, 1)
+            row["commit"] = commit  # the expert's code: a task measured again at a later commit supersedes
             line = json.dumps({"task": spec.name, **row})
             print(line, flush=True)
             if out is not None:
