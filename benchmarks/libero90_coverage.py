@@ -121,6 +121,16 @@ def summary(files: list[Path]) -> None:
         print(f"  {n:3d} tasks lack: {kind}")
     for r in sorted(ran, key=lambda r: r["task"]):
         print(f"{sum(r['success'])}/{len(r['success'])}  {r['task']}")
+    from envs.libero.catalogue import held_out_twin, libero90_tasks
+
+    tasks = libero90_tasks()
+    index = {t.spec.name: i for i, t in enumerate(tasks)}
+    twins = {r["task"]: held_out_twin(tasks[index[r["task"]]]) for r in at80}
+    for name, twin in sorted(twins.items()):
+        if twin:
+            print(f"left out: {name} equals the held-out {twin}")
+    ids = sorted(index[r["task"]] for r in at80 if not twins[r["task"]])
+    print(f"catalogue ({len(ids)} tasks, LiberoSuite('libero_90', task_ids=...)): {ids}")
 
 
 def main() -> None:

@@ -96,6 +96,28 @@ def test_torchrl_libero_env_cannot_read_this_packages_init_states():
         LiberoEnv("libero_spatial", task_id=0, camera_height=64, camera_width=64)
 
 
+def test_the_libero_base_catalogue_holds_no_held_out_task():
+    """conf/pretrain_libero.yaml's LIBERO-90 tasks: none has the instruction, the BDDL file or the BDDL
+    problem (language aside) of a LIBERO-Spatial/-Object/-Goal/-10 task or of a LIBERO-PRO variant; the
+    check itself finds LIBERO-90's five that do."""
+    pytest.importorskip("libero.libero", reason=NO_LIBERO)
+    from pathlib import Path
+
+    import yaml
+
+    from vla_grpo.envs.libero.catalogue import held_out_twin, libero90_tasks
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "pretrain_libero.yaml").read_text())
+    suite = config["model"]["init_args"]["suite"]["init_args"]
+    assert suite["suite"] == "libero_90" and suite["unseen"] == []
+    tasks = libero90_tasks()
+    twins = {tasks[i].spec.name: held_out_twin(tasks[i]) for i in suite["task_ids"]}
+    assert len(twins) >= 30 and not any(twins.values()), {k: v for k, v in twins.items() if v}
+    found = {i for i, t in enumerate(tasks) if held_out_twin(t)}
+    assert found == {6, 20, 39, 44, 77}
+    assert held_out_twin(tasks[20]) == "libero_goal_swap/turn_on_the_stove"
+
+
 # -- scripted experts and demos ----------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name,tasks", [("libero_spatial", [0, 4]), ("libero_object", [0, 5])])
