@@ -218,6 +218,9 @@ class DemoDataModule(L.LightningDataModule):
         if short:
             raise DemoFileError(f"{path}: fewer than `--data.demos_per_task`={n} demos for {', '.join(short[:3])}"
                                 f"{' ...' if len(short) > 3 else ''}")
+        index = {t.name: i for i, t in enumerate(self.suite.all_tasks())}
+        for d in (d for name in wanted for d in by_task[name]):
+            d.task_index = index[d.task_name]  # a file written for a wider suite (LIBERO-90 for a subset) indexes its own
         return [d for name in wanted for d in by_task[name]]
 
     def _read(self, path: Path) -> list[Demo]:
