@@ -62,3 +62,20 @@ def test_the_pretraining_command_reproduces_the_base(tmp_path, name):
     for split, want in card["success"].items():
         got = scalars[f"eval/{split}/success"][-1][1]
         assert abs(got - want) <= 0.1, (split, got, want)
+
+
+def test_the_libero_base_loads_and_its_card_names_its_catalogue():
+    """checkpoints/libero_base (issue 31): the reading VLA pretrained on LIBERO-90's catalogue loads with the
+    sizes conf/sft_libero_cpu.yaml starts from; its card's catalogue is conf/pretrain_libero.yaml's (which
+    tests/test_libero.py checks against every held-out LIBERO task)."""
+    import yaml
+
+    base = ROOT / "checkpoints" / "libero_base"
+    policy = ReadingVLAPolicy(pretrained_path=str(base), action_dim=7, state_dim=8)
+    assert policy.pretrained and policy.vocab_size == 32 and policy.image_size == 64 and policy.chunk_size == 8
+    card = json.loads((base / "zero_shot.json").read_text())
+    config = yaml.safe_load((ROOT / "conf" / "pretrain_libero.yaml").read_text())
+    assert card["command"].endswith("conf/pretrain_libero.yaml")
+    assert card["catalogue"] == config["model"]["init_args"]["suite"]["init_args"]["task_ids"]
+    assert sum(f.stat().st_size for f in base.iterdir()) <= 20 * 2**20
+
