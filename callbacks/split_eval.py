@@ -81,7 +81,7 @@ class SplitEvaluation(Callback):
             the curve uses the same episodes).
         splits: splits of the callback's own evaluations (``None``: the module's
             ``eval_spec``'s, else every split of the suite).
-        at_fit_start: evaluate before the first training step (step 0).
+        at_fit_start: evaluate before the first training step (step 0; not again when a run resumes).
         at_fit_end: evaluate after the last step unless that step was just evaluated.
         print_table: print the per-task table (rank 0) after validate/test and fit.
         progress: show a progress bar (episodes done, success so far) in the
@@ -189,7 +189,9 @@ class SplitEvaluation(Callback):
 
     # -- fit schedule ------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        if self.at_fit_start:
+        # step 0 only: a run resumed at step k keeps its curve (carried by the checkpoint) and does not
+        # re-evaluate where it stopped (on LIBERO an eval is ~30 min; it would add one per resume)
+        if self.at_fit_start and trainer.global_step == 0 and self._last_fit_step() != 0:
             self._own_evaluation(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:

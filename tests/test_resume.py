@@ -70,3 +70,21 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_che
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
     assert torch.load(path, weights_only=True)["global_step"] == 1
+
+
+def test_a_resumed_run_does_not_evaluate_again_where_it_stopped(tmp_path):
+    """SplitEvaluation(at_fit_start=True) evaluates at step 0 only: a run stopped at step 3 and resumed keeps
+    its curve (0, after step 2, the end at 3) and adds only the scheduled ones (after step 4, the end at 5),
+    not one more at 3 as it starts again."""
+    from tests.helpers import toy_fit
+    from vla_grpo.tb import read_scalars
+
+    run = tmp_path / "run"
+    first = toy_fit(run, steps=3)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = toy_fit(run, "--ckpt_path=last", steps=5)
+    assert second.returncode == 0, second.stderr[-2000:]
+    steps = [s for s, _ in read_scalars(run)["eval/train/success"]]
+    # Lightning logs the scheduled evals (after steps 2 and 4) at steps 1 and 3; the ends at 3 and 5.
+    # Before the fix a resumed start added another 3: [0, 1, 3, 3, 3, 5].
+    assert steps == [0, 1, 3, 3, 5]
