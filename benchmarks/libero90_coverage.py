@@ -38,10 +38,10 @@ def _done(out: Path | None, redo_missing: bool) -> set[str]:
 
 def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: int, out: Path | None,
             only: list[str] | None, redo_missing: bool) -> None:
+    import subprocess
+
     from envs.demos import Demo, record_episode, task_demo_path, write_demo_file
     from envs.libero.suite import LiberoSuite
-
-    import subprocess
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
