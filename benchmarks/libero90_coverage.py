@@ -40,7 +40,7 @@ def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: i
             only: list[str] | None, redo_missing: bool) -> None:
     import subprocess
 
-    from envs.demos import Demo, record_episode, task_demo_path, write_demo_file
+    from envs.demos import Demo, record_episode, write_task_file
     from envs.libero.suite import LiberoSuite
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -76,11 +76,7 @@ def measure(states: int, shard: tuple[int, int], demos: Path | None, per_task: i
             except NotImplementedError as err:  # the expert has no skill for this goal
                 row = {"missing": str(err).split(" (")[0]}
             if demos is not None and "success" in row and sum(row["success"]) >= CATALOGUE_SHARE * states:
-                path = task_demo_path(demos, suite, i)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.stem}.partial.hdf5")
-                write_demo_file(suite, tmp, kept)
-                tmp.replace(path)
+                write_task_file(suite, demos, i, kept)
                 row["demos"] = len(kept)
             row["seconds"] = round(time.perf_counter() - start, 1)
             row["commit"] = commit  # the expert's code: a task measured again at a later commit supersedes

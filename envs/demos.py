@@ -220,20 +220,24 @@ def task_demo_path(directory: str | Path, suite: Suite, task_index: int) -> Path
     return Path(directory) / f"{name}.hdf5"
 
 
-def write_task_demos(suite: Suite, directory: str | Path, task_index: int, per_task: int,
-                     first_state: int = 0) -> dict[str, int]:
-    """Write one task's ``per_task`` expert demos to :func:`task_demo_path` (fewer if its states run out).
-
-    The file appears under its name only once complete (a stopped run leaves no half file), so a
-    directory of them is a cache that a rerun completes task by task.
-    """
+def write_task_file(suite: Suite, directory: str | Path, task_index: int, demos: Iterable[Demo]) -> Path:
+    """Write one task's ``demos`` to :func:`task_demo_path`; the file appears under its name only once
+    complete (a stopped run leaves no half file), so a directory of them is a cache a rerun completes
+    task by task."""
     path = task_demo_path(directory, suite, task_index)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial.hdf5")
-    counts: dict[str, int] = {}
-    write_demo_file(suite, tmp, expert_demos(suite, [task_index], per_task, first_state=first_state,
-                                             progress=False, counts=counts))
+    write_demo_file(suite, tmp, demos)
     tmp.replace(path)
+    return path
+
+
+def write_task_demos(suite: Suite, directory: str | Path, task_index: int, per_task: int,
+                     first_state: int = 0) -> dict[str, int]:
+    """Write one task's ``per_task`` expert demos with :func:`write_task_file` (fewer if its states run out)."""
+    counts: dict[str, int] = {}
+    write_task_file(suite, directory, task_index, expert_demos(suite, [task_index], per_task, first_state=first_state,
+                                                               progress=False, counts=counts))
     return counts
 
 

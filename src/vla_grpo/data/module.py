@@ -183,9 +183,8 @@ class DemoDataModule(L.LightningDataModule):
 
         # a task per process (each builds its own simulator); spawn, as the simulator workers (simpool)
         with ProcessPoolExecutor(min(h.demo_workers, len(missing)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in pool.map(write_task_demos, [self.suite] * len(missing), [directory] * len(missing), missing,
-                                 [h.demos_per_task] * len(missing), [h.first_state] * len(missing)):
-                del done
+            list(pool.map(write_task_demos, [self.suite] * len(missing), [directory] * len(missing), missing,
+                          [h.demos_per_task] * len(missing), [h.first_state] * len(missing)))  # raises a worker's error
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.dataset is not None:
