@@ -1,6 +1,6 @@
 """Stopping is safe (vla_grpo.stopping): a real SIGINT or SIGTERM reaches a real toy ``fit`` (simulators in
 worker processes) at a chosen step and phase; the run writes a checkpoint, exits ``128 + signal`` and
-leaves no simulator behind, and resuming from that checkpoint ends on the uninterrupted run's weights,
+leaves no simulator behind, every step is logged once under its own number, and resuming from that checkpoint ends on the uninterrupted run's weights,
 bit for bit. A second signal during the save exits at once and keeps the previous checkpoint. A kill
 during a save leaves a loadable checkpoint, for a checkpoint file and for a sharded (FSDP2) folder."""
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import ckpt_weights, toy_fit
+from vla_grpo.tb import read_scalars
 
 STEPS = 5
 FSDP = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
@@ -91,6 +92,9 @@ def _stop_and_resume(run: Path, step: int, phase: str, signum: int, env: dict | 
     assert f"Restored all states from the checkpoint at {ckpt}" in resumed.stdout + resumed.stderr
     # the resumed run's ModelCheckpoint owns the stop's last.ckpt: it overwrote it, wrote no last-v1.ckpt
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["last.ckpt"]
+    # every step is in the curves once, under its own number: none lost at the stop, none shifted after it
+    logged = [step for step, _ in read_scalars(run)["train/loss"]]
+    assert logged == list(range(STEPS)), logged
     return saved_at
 
 

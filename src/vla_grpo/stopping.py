@@ -204,6 +204,11 @@ class SafeStop(Callback):
         if flag.distributed:  # every rank stops after the same step
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
         if requested:
+            # the step finished: its metrics reach the loggers before the stop. The loop logs them after
+            # this hook (its logger connector's two calls below; private, Lightning has no public one),
+            # so a stop here would leave the step out of the curves.
+            trainer._logger_connector.on_batch_end()
+            trainer._logger_connector.update_train_step_metrics()
             raise RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, self._save(trainer))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -212,6 +217,11 @@ class SafeStop(Callback):
         flag = self._flag(pl_module)
         if flag.restore is not None:
             flag.restore()
+        # Lightning counts logged steps in the epoch loop's `_batches_that_stepped` (private; no public
+        # setter) and adds one when it restores a checkpoint whose last batch started but did not finish,
+        # as if the save happened at that batch's on_train_batch_end. The abandoned step never ran: take
+        # the one back, so the resumed run logs it under its own step (not one higher, a gap in the curves).
+        trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
         path = self._save(trainer)
         exception.stopped = RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, path)
 
