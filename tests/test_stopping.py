@@ -1,6 +1,7 @@
 """Stopping is safe (vla_grpo.stopping): a real SIGINT or SIGTERM reaches a real toy ``fit`` (simulators in
 worker processes) at a chosen step and phase; the run writes a checkpoint, exits ``128 + signal`` and
-leaves no simulator behind, every step is logged once under its own number, and resuming from that checkpoint ends on the uninterrupted run's weights,
+leaves no simulator behind, every step is logged once under its own number, the evals run where an
+uninterrupted run's do, and resuming from that checkpoint ends on the uninterrupted run's weights,
 bit for bit. A second signal during the save exits at once and keeps the previous checkpoint. A kill
 during a save leaves a loadable checkpoint, for a checkpoint file and for a sharded (FSDP2) folder."""
 from __future__ import annotations
@@ -62,14 +63,20 @@ def _assert_no_orphans(pids_file: Path) -> None:
         assert not alive, f"processes outlived the stopped run: {alive}"
 
 
+def _logged_steps(run: Path) -> dict[str, list[int]]:
+    """The steps each curve has a point at: training (every step) and the greedy evals (the schedule)."""
+    scalars = read_scalars(run)
+    return {tag: [step for step, _ in scalars[tag]] for tag in ("train/loss", "eval/train/success")}
+
+
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> dict[str, torch.Tensor]:
+def straight(tmp_path_factory) -> dict:
     run = tmp_path_factory.mktemp("straight")
     proc = _fit(run)
     assert proc.returncode == 0, proc.stderr[-2000:]
     weights, step = ckpt_weights(run / "ckpt" / "last.ckpt")
     assert step == STEPS
-    return weights
+    return {"weights": weights, "logged": _logged_steps(run)}
 
 
 def _stop_and_resume(run: Path, step: int, phase: str, signum: int, env: dict | None = None, **more) -> int:
@@ -93,8 +100,7 @@ def _stop_and_resume(run: Path, step: int, phase: str, signum: int, env: dict | 
     # the resumed run's ModelCheckpoint owns the stop's last.ckpt: it overwrote it, wrote no last-v1.ckpt
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["last.ckpt"]
     # every step is in the curves once, under its own number: none lost at the stop, none shifted after it
-    logged = [step for step, _ in read_scalars(run)["train/loss"]]
-    assert logged == list(range(STEPS)), logged
+    assert _logged_steps(run)["train/loss"] == list(range(STEPS))
     return saved_at
 
 
@@ -102,8 +108,10 @@ def _check_same(straight: dict, run: Path) -> None:
     weights, final = ckpt_weights(run / "ckpt" / "last.ckpt")
     assert final == STEPS
     # bit for bit: one process layout, the same batches, the same thread count (docs/RELIABILITY.md)
-    for k, v in straight.items():
+    for k, v in straight["weights"].items():
         torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
+    # the evals ran where the uninterrupted run's did, each once (none early, none twice at the end)
+    assert _logged_steps(run) == straight["logged"]
 
 
 def _slurm_job(tmp_path: Path) -> dict:
@@ -119,7 +127,9 @@ def _slurm_job(tmp_path: Path) -> dict:
             "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
 
 
-@pytest.mark.parametrize("signum, step, phase", [(signal.SIGINT, 3, "mid_rollout"), (signal.SIGTERM, 2, "update")])
+# step 1's update is followed by an eval (the toy evaluates every 2 steps): the stop waits for it
+@pytest.mark.parametrize("signum, step, phase", [(signal.SIGINT, 3, "mid_rollout"), (signal.SIGTERM, 2, "update"),
+                                                 (signal.SIGINT, 1, "update")])
 def test_a_signal_writes_a_checkpoint_that_resumes_bit_identically(straight, tmp_path, signum, step, phase):
     # SIGTERM as Slurm sends it (`#SBATCH --signal=SIGTERM@120`): the job is requeued after the checkpoint
     env = _slurm_job(tmp_path) if signum == signal.SIGTERM else None
@@ -170,7 +180,7 @@ def test_ddp_ranks_agree_to_stop_when_one_is_signalled(tmp_path):
     resumed = _fit(run, *ddp, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     want, _ = ckpt_weights(tmp_path / "straight" / "ckpt" / "last.ckpt")
-    _check_same(want, run)
+    _check_same({"weights": want, "logged": _logged_steps(tmp_path / "straight")}, run)
 
 
 # -- a kill (SIGKILL: nothing can run) during a checkpoint save -----------------------------------------

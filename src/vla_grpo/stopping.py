@@ -10,9 +10,12 @@ What happens on the first signal (one line is printed, naming the step and what 
   Under DDP/FSDP the ranks agree first: each rollout round begins with one all-reduce of the flag,
   so a multi-process run stops at the next round boundary (a collective cannot be left half-joined);
 * during the update (or an SFT step), the step **finishes** and the checkpoint is written right after
-  it, at the point where ``ModelCheckpoint(every_n_train_steps=1)`` would write one;
+  it, at the point where ``ModelCheckpoint(every_n_train_steps=1)`` would write one. When an evaluation
+  is due after that step, it runs first and the run stops as below (Lightning takes an eval as done
+  when it resumes from a checkpoint written before it, so the curve would lack that eval);
 * during an evaluation, the evaluation finishes (a cut one cannot be resumed part-way: its metrics are
-  aggregated at its end), then the next GRPO step stops before its first round.
+  aggregated at its end), then the next GRPO step stops before its first round (a step without rounds,
+  an SFT step, finishes and stops after its update).
 
 The checkpoint goes where ``--ckpt_path=last`` finds it: ``last.ckpt`` in the first ``ModelCheckpoint``'s
 folder (the default one if the config names none), written all-or-nothing (:mod:`vla_grpo.checkpoint`,
@@ -76,6 +79,7 @@ class StopFlag:
         self.signum: int | None = None
         self.abandonable = False
         self.distributed = False  # True: never raise from the handler, the ranks agree at round starts
+        self.deferred = False  # the stop waits for the eval due after the step that saw it
         self.restore: Callable[[], None] | None = None  # puts back the abandonable phase's start state
 
     @property
@@ -203,6 +207,14 @@ class SafeStop(Callback):
         requested = flag.requested
         if flag.distributed:  # every rank stops after the same step
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
+        if requested and not flag.deferred and self._evaluates_now(trainer):
+            # an eval is due after this step: Lightning runs it after this hook, and a run resumed from a
+            # checkpoint written here skips it (it takes the eval as done). Stop where a signal during an
+            # eval stops: after it, when the next step begins (a GRPO step abandons its first round) or,
+            # for a step without rounds, ends
+            flag.deferred = True
+            _print("the evaluation due after this step runs first, then the run stops")
+            return
         if requested:
             # the step finished: its metrics reach the loggers before the stop. The loop logs them after
             # this hook (its logger connector's two calls below; private, Lightning has no public one),
@@ -211,18 +223,37 @@ class SafeStop(Callback):
             trainer._logger_connector.update_train_step_metrics()
             raise RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, self._save(trainer))
 
+    @staticmethod
+    def _evaluates_now(trainer) -> bool:
+        """Whether Lightning evaluates after the current step (its epoch loop's own test, private; there is
+        no public one: the schedule has several knobs, val_check_interval, check_val_every_n_epoch, time;
+        False when validation is off)."""
+        loop = trainer.fit_loop
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, StepAbandoned):
             return
         flag = self._flag(pl_module)
         if flag.restore is not None:
             flag.restore()
-        # Lightning counts logged steps in the epoch loop's `_batches_that_stepped` (private; no public
-        # setter) and adds one when it restores a checkpoint whose last batch started but did not finish,
-        # as if the save happened at that batch's on_train_batch_end. The abandoned step never ran: take
-        # the one back, so the resumed run logs it under its own step (not one higher, a gap in the curves).
-        trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
+        # The abandoned step never ran: the checkpoint's loop counters must not count its batch (Lightning
+        # counted it ready and started). Counted, the resumed run evaluates one step early for the rest of
+        # the run (`total_batch_idx` sets `val_check_interval`'s schedule), evaluates twice at the end, and
+        # logs every step one high. Uncounted, the checkpoint is what Lightning writes after a finished
+        # batch ("restarted on last"), a state its own restart handles. Its progress trackers' fields are
+        # public; there is no call for this.
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        for tracker in (progress.total, progress.current):
+            tracker.ready = tracker.started = tracker.processed = tracker.completed
+        # When the last finished step was followed by an eval, Lightning's restart makes one empty pass of
+        # its loop (to skip that eval, done) that counts a logged step; it expects a checkpoint written at
+        # the eval's end, before its loop counts the step. Ours is written after: take that one back.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        empty_pass = self._evaluates_now(trainer)
+        epoch_loop._batches_that_stepped -= int(empty_pass)
         path = self._save(trainer)
+        epoch_loop._batches_that_stepped += int(empty_pass)
         exception.stopped = RunStopped(flag.signum or signal.SIGTERM, trainer.global_step, path)
 
     def _path(self, trainer) -> Path:
