@@ -8,14 +8,23 @@ grown from it) print each success and the share of the start's failures the end 
 
     python benchmarks/heldout_states.py --policy flow --pairs \\
         runs/learning_flow/sft1_seed0/checkpoints/last.ckpt runs/learning_flow/full_seed0/tb/version_0/checkpoints/epoch=0-step=100.ckpt
+
+``--suite libero_spatial`` (or ``libero_object``, ``libero_goal``; the ``[libero]`` extra) measures the
+LIBERO protocol's checkpoints (policy sizes of ``checkpoints/libero_base``) on LIBERO's fixed states
+``--first-state``..: 10..49 are GRPO's rollout states, so there it is a training-side diagnostic, not
+a held-out eval. ``--temperature T`` samples at T (as GRPO's rollouts do) instead of the greedy argmax.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import torch
+
 #: the policy's base directory per family (its sizes; the checkpoint's weights replace its weights)
 BASES = {"token": "checkpoints/tabletop_base", "flow": "checkpoints/tabletop_flow_base"}
+LIBERO_BASE = "checkpoints/libero_base"
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +35,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-state", type=int, default=50)
     parser.add_argument("--states", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="episodes played at once (default: all; LIBERO: 10, each a ~0.6 GB simulator)")
+    parser.add_argument("--suite", choices=("tabletop", *LIBERO_SUITES), default="tabletop")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sample at this temperature instead of greedy (GRPO's rollouts: 1.6)")
     args = parser.parse_args(argv)
+    if args.suite != "tabletop" and args.policy != "token":
+        parser.error("--suite libero_* takes --policy token (the LIBERO base is a token policy)")
+    if args.temperature is not None and args.temperature <= 0:
+        parser.error(f"--temperature must be > 0 (got {args.temperature})")
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be >= 1 (got {args.batch})")
     if len(args.pairs) % 2:
         parser.error("--pairs takes START END checkpoints in twos")
 
@@ -38,20 +58,38 @@ def main(argv: list[str] | None = None) -> None:
     from vla_grpo.rollout import GroupedRollout
 
     last = args.first_state + args.states
-    suite = TabletopSuite(image_size=64, seen_per_family=args.seen_per_family, num_init_states=last)
+    if args.suite == "tabletop":
+        suite, base = TabletopSuite(image_size=64, seen_per_family=args.seen_per_family, num_init_states=last), BASES[args.policy]
+    else:
+        from vla_grpo.envs.libero import LiberoSuite
+
+        suite, base = LiberoSuite(args.suite, unseen=[], image_size=64, max_sims=6), LIBERO_BASE
+        if last > 50:
+            parser.error(f"LIBERO has 50 fixed states per task; --first-state + --states is {last}")
     prompts = [Prompt(i, s) for i, t in enumerate(suite.all_tasks()) if t.split == "train"
                for s in range(args.first_state, last)]
-    rollout = GroupedRollout(suite, num_envs=len(prompts), chunk_size=8, num_workers=args.workers)
+    batch = args.batch or (len(prompts) if args.suite == "tabletop" else 10)
+    if len(prompts) % batch:
+        parser.error(f"--batch must divide the {len(prompts)} episodes (got {batch})")
+    rollout = GroupedRollout(suite, num_envs=batch, chunk_size=8, num_workers=args.workers)
     cls = FlowVLAPolicy if args.policy == "flow" else ReadingVLAPolicy
 
     def success(path: str) -> float:
-        policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=BASES[args.policy])
+        policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=base)
         init_from_checkpoint(policy, path)
         policy.eval()
-        data = rollout.run(policy, prompts, list(range(len(prompts))), greedy=True)
-        return float(data.get(("next", SUCCESS_KEY)).reshape(len(prompts), -1).any(-1).float().mean())
+        if args.temperature is not None:
+            torch.manual_seed(0)  # the same draws for every checkpoint
+            policy.temperature = args.temperature
+        wins = 0
+        for first in range(0, len(prompts), batch):
+            data = rollout.run(policy, prompts[first:first + batch], list(range(first, first + batch)),
+                               greedy=args.temperature is None)
+            wins += int(data.get(("next", SUCCESS_KEY)).reshape(batch, -1).any(-1).sum())
+        return wins / len(prompts)
 
-    print(f"{len(prompts)} episodes per checkpoint: seen tasks, states {args.first_state}..{last - 1}")
+    how = "greedy" if args.temperature is None else f"sampled at T={args.temperature}"
+    print(f"{len(prompts)} episodes per checkpoint ({args.suite}, {how}): seen tasks, states {args.first_state}..{last - 1}")
     removed = []
     try:
         for start_path, end_path in zip(args.pairs[::2], args.pairs[1::2], strict=True):

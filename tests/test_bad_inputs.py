@@ -122,3 +122,20 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, toy_ckpt, tmp_pa
     assert len(error_lines) == 1 and needle in error_lines[0], err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert _snapshot(tmp_path) == before  # nothing written, nothing lost
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--policy", "flow", "--suite", "libero_spatial", "--pairs", "a", "b"], "--suite libero_* takes --policy token"),
+    (["--policy", "token", "--temperature", "0", "--pairs", "a", "b"], "--temperature must be > 0"),
+    (["--policy", "token", "--pairs", "a"], "--pairs takes START END checkpoints in twos"),
+    (["--policy", "token", "--batch", "0", "--pairs", "a", "b"], "--batch must be >= 1"),
+])
+def test_heldout_states_benchmark_rejects_bad_arguments_before_building_anything(argv, says, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heldout_states", Path(__file__).parents[1] / "benchmarks/heldout_states.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
