@@ -243,13 +243,13 @@ class SafeStop(Callback):
         # logs every step one high. Uncounted, the checkpoint is what Lightning writes after a finished
         # batch ("restarted on last"), a state its own restart handles. Its progress trackers' fields are
         # public; there is no call for this.
-        progress = trainer.fit_loop.epoch_loop.batch_progress
+        epoch_loop = trainer.fit_loop.epoch_loop
+        progress = epoch_loop.batch_progress
         for tracker in (progress.total, progress.current):
             tracker.ready = tracker.started = tracker.processed = tracker.completed
         # When the last finished step was followed by an eval, Lightning's restart makes one empty pass of
         # its loop (to skip that eval, done) that counts a logged step; it expects a checkpoint written at
         # the eval's end, before its loop counts the step. Ours is written after: take that one back.
-        epoch_loop = trainer.fit_loop.epoch_loop
         empty_pass = self._evaluates_now(trainer)
         epoch_loop._batches_that_stepped -= int(empty_pass)
         path = self._save(trainer)
