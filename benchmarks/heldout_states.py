@@ -27,7 +27,8 @@ LIBERO_BASE = "checkpoints/libero_base"
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parsed arguments, every check that needs no suite done (a bad one exits 2, one line)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", choices=sorted(BASES), required=True)
     parser.add_argument("--pairs", nargs="+", required=True, help="START END [START END ...] checkpoints")
@@ -49,8 +50,24 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch must be >= 1 (got {args.batch})")
     if len(args.pairs) % 2:
         parser.error("--pairs takes START END checkpoints in twos")
+    return parser, args
 
-    from vla_grpo.envs.tabletop import TabletopSuite
+
+def _suite_and_base(parser: argparse.ArgumentParser, args: argparse.Namespace, last: int):
+    """The suite whose states ``..last - 1`` are played, and the base directory giving the policy's sizes."""
+    if args.suite == "tabletop":
+        from vla_grpo.envs.tabletop import TabletopSuite
+
+        return TabletopSuite(image_size=64, seen_per_family=args.seen_per_family, num_init_states=last), BASES[args.policy]
+    if last > 50:
+        parser.error(f"LIBERO has 50 fixed states per task; --first-state + --states is {last}")
+    from vla_grpo.envs.libero import LiberoSuite
+
+    return LiberoSuite(args.suite, unseen=[], image_size=64, max_sims=6), LIBERO_BASE
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, args = _arguments(argv)
     from vla_grpo.init_from import init_from_checkpoint
     from vla_grpo.keys import SUCCESS_KEY
     from vla_grpo.policies import FlowVLAPolicy, ReadingVLAPolicy
@@ -58,14 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from vla_grpo.rollout import GroupedRollout
 
     last = args.first_state + args.states
-    if args.suite == "tabletop":
-        suite, base = TabletopSuite(image_size=64, seen_per_family=args.seen_per_family, num_init_states=last), BASES[args.policy]
-    else:
-        from vla_grpo.envs.libero import LiberoSuite
-
-        suite, base = LiberoSuite(args.suite, unseen=[], image_size=64, max_sims=6), LIBERO_BASE
-        if last > 50:
-            parser.error(f"LIBERO has 50 fixed states per task; --first-state + --states is {last}")
+    suite, base = _suite_and_base(parser, args, last)
     prompts = [Prompt(i, s) for i, t in enumerate(suite.all_tasks()) if t.split == "train"
                for s in range(args.first_state, last)]
     batch = args.batch or (len(prompts) if args.suite == "tabletop" else 10)
