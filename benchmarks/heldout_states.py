@@ -13,6 +13,8 @@ grown from it) print each success and the share of the start's failures the end 
 LIBERO protocol's checkpoints (policy sizes of ``checkpoints/libero_base``) on LIBERO's fixed states
 ``--first-state``..: 10..49 are GRPO's rollout states, so there it is a training-side diagnostic, not
 a held-out eval. ``--temperature T`` samples at T (as GRPO's rollouts do) instead of the greedy argmax.
+``--num-steps K`` integrates a flow policy's ODE in K Euler steps instead of its base's (a run trained
+with ``--model.policy.init_args.num_steps=K``).
 """
 from __future__ import annotations
 
@@ -41,7 +43,11 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--suite", choices=("tabletop", *LIBERO_SUITES), default="tabletop")
     parser.add_argument("--temperature", type=float, default=None,
                         help="sample at this temperature instead of greedy (GRPO's rollouts: 1.6)")
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="--policy flow: Euler steps K (default: the base's); the run's own K")
     args = parser.parse_args(argv)
+    if args.num_steps is not None and (args.policy != "flow" or args.num_steps < 1):
+        parser.error(f"--num-steps takes --policy flow and K >= 1 (got --policy {args.policy}, K={args.num_steps})")
     if args.suite != "tabletop" and args.policy != "token":
         parser.error("--suite libero_* takes --policy token (the LIBERO base is a token policy)")
     if args.temperature is not None and args.temperature <= 0:
@@ -83,9 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch must divide the {len(prompts)} episodes (got {batch})")
     rollout = GroupedRollout(suite, num_envs=batch, chunk_size=8, num_workers=args.workers)
     cls = FlowVLAPolicy if args.policy == "flow" else ReadingVLAPolicy
+    sizes = {} if args.num_steps is None else {"num_steps": args.num_steps}
 
     def success(path: str) -> float:
-        policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=base)
+        policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=base, **sizes)
         init_from_checkpoint(policy, path)
         policy.eval()
         if args.temperature is not None:

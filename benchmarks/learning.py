@@ -15,6 +15,7 @@ Variants:
 * ``thompson``: prompts by Thompson sampling over tasks instead of the success-aware weights;
 * ``low_lr``: GRPO lr 1e-4 instead of the quickstart's 3e-4 (on the bimanual suite 3e-4 lowered success);
 * ``half_sigma`` (``--policy flow`` only): the Flow-SDE noise level 0.15 instead of the config's 0.3;
+* ``k6`` (``--policy flow`` only): 6 Euler steps per decision instead of the config's 4, at rollout and eval;
 * ``zero_demo``: GRPO from the untrained policy (SFT on 0 demos);
 * ``hashed_tinyvla``: the whole recipe with TorchRL's TinyVLA (the instruction hashed to one
   of 256 embeddings, no pretrained base) in place of the reading policy (its own SFT stage);
@@ -60,6 +61,7 @@ VARIANTS = {
     "thompson": ["--model.prompt_sampling=thompson"],
     "low_lr": ["--model.lr=0.0001"],
     "half_sigma": ["--model.policy.init_args.sigma=0.15"],
+    "k6": ["--model.policy.init_args.num_steps=6"],
     "zero_demo": [],
     "hashed_tinyvla": [],
     "extra_demos": [],
@@ -70,7 +72,7 @@ HASHED_POLICY = ["--model.policy=vla_grpo.policies.TinyVLAPolicy", "--model.poli
 #: its SFT learning rate (from scratch; the reading policy's SFT starts from the base at 1e-3)
 HASHED_SFT = [*HASHED_POLICY, "--model.lr=0.002"]
 #: variants that set a knob only the flow policy has
-FLOW_ONLY = {"half_sigma"}
+FLOW_ONLY = {"half_sigma", "k6"}
 SPLITS = ("train", "paraphrase", "unseen_spatial", "unseen_object", "unseen_goal")
 
 
@@ -379,7 +381,7 @@ def main() -> None:
     CONFIG, SFT_CONFIG = POLICIES[args.policy]
     if args.policy != "flow" and FLOW_ONLY & set(args.variants):
         parser.error(f"--variants {' '.join(sorted(FLOW_ONLY & set(args.variants)))}: a flow-policy knob "
-                     f"(sigma); use it with --policy flow")
+                     f"(sigma, K); use it with --policy flow")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict | None]] = {}
     for variant in args.variants:

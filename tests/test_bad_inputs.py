@@ -129,6 +129,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, toy_ckpt, tmp_pa
     (["--policy", "token", "--temperature", "0", "--pairs", "a", "b"], "--temperature must be > 0"),
     (["--policy", "token", "--pairs", "a"], "--pairs takes START END checkpoints in twos"),
     (["--policy", "token", "--batch", "0", "--pairs", "a", "b"], "--batch must be >= 1"),
+    (["--policy", "token", "--num-steps", "6", "--pairs", "a", "b"], "--num-steps takes --policy flow"),
+    (["--policy", "flow", "--num-steps", "0", "--pairs", "a", "b"], "--num-steps takes --policy flow and K >= 1"),
 ])
 def test_heldout_states_benchmark_rejects_bad_arguments_before_building_anything(argv, says, capsys):
     import importlib.util
