@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch must divide the {len(prompts)} episodes (got {batch})")
     rollout = GroupedRollout(suite, num_envs=batch, chunk_size=8, num_workers=args.workers)
     cls = FlowVLAPolicy if args.policy == "flow" else ReadingVLAPolicy
-    sizes = {} if args.num_steps is None else {"num_steps": args.num_steps}
+    knobs = {} if args.num_steps is None else {"num_steps": args.num_steps}  # the run's K, not the base's
 
     def success(path: str) -> float:
-        policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=base, **sizes)
+        policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=base, **knobs)
         init_from_checkpoint(policy, path)
         policy.eval()
         if args.temperature is not None:

@@ -379,9 +379,9 @@ def main() -> None:
     args = parser.parse_args()
     global CONFIG, SFT_CONFIG
     CONFIG, SFT_CONFIG = POLICIES[args.policy]
-    if args.policy != "flow" and FLOW_ONLY & set(args.variants):
-        parser.error(f"--variants {' '.join(sorted(FLOW_ONLY & set(args.variants)))}: a flow-policy knob "
-                     f"(sigma, K); use it with --policy flow")
+    flow_only = sorted(FLOW_ONLY.intersection(args.variants))
+    if args.policy != "flow" and flow_only:
+        parser.error(f"--variants {' '.join(flow_only)}: a flow-policy knob (sigma, K); use it with --policy flow")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict | None]] = {}
     for variant in args.variants:
