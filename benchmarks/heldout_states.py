@@ -45,6 +45,7 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         help="sample at this temperature instead of greedy (GRPO's rollouts: 1.6)")
     parser.add_argument("--num-steps", type=int, default=None,
                         help="--policy flow: Euler steps K (default: the base's); the run's own K")
+    parser.add_argument("--per-task", action="store_true", help="also print each seen task's success, start -> end")
     args = parser.parse_args(argv)
     if args.num_steps is not None and (args.policy != "flow" or args.num_steps < 1):
         parser.error(f"--num-steps takes --policy flow and K >= 1 (got --policy {args.policy}, K={args.num_steps})")
@@ -72,6 +73,14 @@ def _suite_and_base(parser: argparse.ArgumentParser, args: argparse.Namespace, l
     return LiberoSuite(args.suite, unseen=[], image_size=64, max_sims=6), LIBERO_BASE
 
 
+def _per_task(suite, prompts, start_won: torch.Tensor, end_won: torch.Tensor) -> list[tuple[str, float, float]]:
+    """(task name, start success, end success) per seen task, in the suite's order."""
+    names = [t.name for t in suite.all_tasks()]
+    index = torch.tensor([p.task_index for p in prompts])
+    return [(names[i], start_won[index == i].mean().item(), end_won[index == i].mean().item())
+            for i in sorted(set(index.tolist()))]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser, args = _arguments(argv)
     from vla_grpo.init_from import init_from_checkpoint
@@ -91,19 +100,21 @@ def main(argv: list[str] | None = None) -> None:
     cls = FlowVLAPolicy if args.policy == "flow" else ReadingVLAPolicy
     knobs = {} if args.num_steps is None else {"num_steps": args.num_steps}  # the run's K, not the base's
 
-    def success(path: str) -> float:
+    def success(path: str) -> tuple[float, torch.Tensor]:
+        """The checkpoint's success over all prompts, and each prompt's outcome (1 or 0)."""
         policy = cls(action_dim=7, chunk_size=8, state_dim=8, image_size=64, pretrained_path=base, **knobs)
         init_from_checkpoint(policy, path)
         policy.eval()
         if args.temperature is not None:
             torch.manual_seed(0)  # the same draws for every checkpoint
             policy.temperature = args.temperature
-        wins = 0
+        outcomes = []
         for first in range(0, len(prompts), batch):
             data = rollout.run(policy, prompts[first:first + batch], list(range(first, first + batch)),
                                greedy=args.temperature is None)
-            wins += int(data.get(("next", SUCCESS_KEY)).reshape(batch, -1).any(-1).sum())
-        return wins / len(prompts)
+            outcomes.append(data.get(("next", SUCCESS_KEY)).reshape(batch, -1).any(-1).float())
+        won = torch.cat(outcomes)
+        return won.mean().item(), won
 
     how = "greedy" if args.temperature is None else f"sampled at T={args.temperature}"
     print(f"{len(prompts)} episodes per checkpoint ({args.suite}, {how}): seen tasks, states {args.first_state}..{last - 1}")
@@ -111,10 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for start_path, end_path in zip(args.pairs[::2], args.pairs[1::2], strict=True):
             t = time.perf_counter()
-            start, end = success(start_path), success(end_path)
+            (start, start_won), (end, end_won) = success(start_path), success(end_path)
             removed.append((end - start) / (1 - start) if start < 1 else float("nan"))
             print(f"{start:.3f} -> {end:.3f}  removes {100 * removed[-1]:.0f}% of the failures  "
                   f"({time.perf_counter() - t:.0f} s)  {end_path}", flush=True)
+            if args.per_task:
+                for task, a, b in _per_task(suite, prompts, start_won, end_won):
+                    print(f"    {task}: {a:.2f} -> {b:.2f}")
     finally:
         rollout.close()
     print(f"mean failure removal over {len(removed)} pairs: {100 * sum(removed) / len(removed):.0f}%")

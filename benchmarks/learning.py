@@ -16,6 +16,8 @@ Variants:
 * ``low_lr``: GRPO lr 1e-4 instead of the quickstart's 3e-4 (on the bimanual suite 3e-4 lowered success);
 * ``half_sigma`` (``--policy flow`` only): the Flow-SDE noise level 0.15 instead of the config's 0.3;
 * ``k6`` (``--policy flow`` only): 6 Euler steps per decision instead of the config's 4, at rollout and eval;
+* ``wide_states``: GRPO rolls out from initial states 150..349 (200 per task) instead of 10..49 (40), so it
+  sees 5x more layouts; states 50..149 (``benchmarks/heldout_states.py``'s held-out eval) stay unused;
 * ``zero_demo``: GRPO from the untrained policy (SFT on 0 demos);
 * ``hashed_tinyvla``: the whole recipe with TorchRL's TinyVLA (the instruction hashed to one
   of 256 embeddings, no pretrained base) in place of the reading policy (its own SFT stage);
@@ -62,6 +64,7 @@ VARIANTS = {
     "low_lr": ["--model.lr=0.0001"],
     "half_sigma": ["--model.policy.init_args.sigma=0.15"],
     "k6": ["--model.policy.init_args.num_steps=6"],
+    "wide_states": ["--model.suite.init_args.num_init_states=350", "--model.train_first_state=150"],
     "zero_demo": [],
     "hashed_tinyvla": [],
     "extra_demos": [],
