@@ -141,3 +141,23 @@ def test_heldout_states_benchmark_rejects_bad_arguments_before_building_anything
     with pytest.raises(SystemExit) as exit_info:
         bench.main(argv)
     assert exit_info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_heldout_states_per_task_groups_each_episode_under_its_task():
+    import importlib.util
+
+    from vla_grpo.envs.tabletop import TabletopSuite
+    from vla_grpo.prompts import Prompt
+
+    spec = importlib.util.spec_from_file_location("heldout_states", Path(__file__).parents[1] / "benchmarks/heldout_states.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    suite = TabletopSuite(image_size=64, seen_per_family=2, num_init_states=4)
+    seen = [i for i, t in enumerate(suite.all_tasks()) if t.split == "train"]
+    prompts = [Prompt(i, s) for i in seen for s in (2, 3)]  # as the benchmark builds them: task-major
+    start = torch.tensor([1.0, 0.0] * len(seen))             # every task 1 of 2 at the start
+    end = torch.tensor([1.0, 1.0] + [0.0, 0.0] * (len(seen) - 1))  # the first task 2 of 2, the others 0
+    rows = bench._per_task(suite, prompts, start, end)
+    assert [r[0] for r in rows] == [suite.all_tasks()[i].name for i in seen]
+    assert [r[1] for r in rows] == [0.5] * len(seen)
+    assert [r[2] for r in rows] == [1.0] + [0.0] * (len(seen) - 1)
