@@ -15,6 +15,7 @@ LIBERO protocol's checkpoints (policy sizes of ``checkpoints/libero_base``) on L
 a held-out eval. ``--temperature T`` samples at T (as GRPO's rollouts do) instead of the greedy argmax.
 ``--num-steps K`` integrates a flow policy's ODE in K Euler steps instead of its base's (a run trained
 with ``--model.policy.init_args.num_steps=K``).
+``--per-task`` also prints each seen task's success at both ends of a pair.
 """
 from __future__ import annotations
 

@@ -124,6 +124,16 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, toy_ckpt, tmp_pa
     assert _snapshot(tmp_path) == before  # nothing written, nothing lost
 
 
+def _heldout_states_benchmark():
+    """benchmarks/heldout_states.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heldout_states", Path(__file__).parents[1] / "benchmarks/heldout_states.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--policy", "flow", "--suite", "libero_spatial", "--pairs", "a", "b"], "--suite libero_* takes --policy token"),
     (["--policy", "token", "--temperature", "0", "--pairs", "a", "b"], "--temperature must be > 0"),
@@ -133,25 +143,17 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, toy_ckpt, tmp_pa
     (["--policy", "flow", "--num-steps", "0", "--pairs", "a", "b"], "--num-steps takes --policy flow and K >= 1"),
 ])
 def test_heldout_states_benchmark_rejects_bad_arguments_before_building_anything(argv, says, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("heldout_states", Path(__file__).parents[1] / "benchmarks/heldout_states.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _heldout_states_benchmark()
     with pytest.raises(SystemExit) as exit_info:
         bench.main(argv)
     assert exit_info.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_heldout_states_per_task_groups_each_episode_under_its_task():
-    import importlib.util
-
     from vla_grpo.envs.tabletop import TabletopSuite
     from vla_grpo.prompts import Prompt
 
-    spec = importlib.util.spec_from_file_location("heldout_states", Path(__file__).parents[1] / "benchmarks/heldout_states.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _heldout_states_benchmark()
     suite = TabletopSuite(image_size=64, seen_per_family=2, num_init_states=4)
     seen = [i for i, t in enumerate(suite.all_tasks()) if t.split == "train"]
     prompts = [Prompt(i, s) for i in seen for s in (2, 3)]  # as the benchmark builds them: task-major
